@@ -24,6 +24,7 @@ from .system import ServerUser, become_subreaper, ensure_runnable, wait_for
 APP_USER = "app"
 APP_DATABASE = "app"
 STATE_FILE = "lab.json"
+PASSWORD_FILE = "password"
 
 SERVER_SETTINGS = """
 # django-pg-failover lab: tests only, never production (fsync is off).
@@ -231,11 +232,8 @@ class Cluster:
                 "--locale=C",
             ]
         )
-        settings = SERVER_SETTINGS
-        if self.synchronous:
-            settings += "synchronous_standby_names = 'ANY 1 (*)'\n"
         with open(primary.datadir / "postgresql.conf", "a") as conf:
-            conf.write(settings)
+            conf.write(SERVER_SETTINGS)
         (primary.datadir / "pg_hba.conf").write_text(HBA)
         primary.start()
         with closing(primary.connect()) as conn, conn.cursor() as cur:
@@ -245,6 +243,13 @@ class Cluster:
             cur.execute(f"CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}")
         for standby in self.nodes[1:]:
             self._clone_from(primary, standby)
+        if self.synchronous:
+            # Only now: with no standby yet, every commit above would wait forever.
+            for node in self.nodes:
+                with open(node.datadir / "postgresql.conf", "a") as conf:
+                    conf.write("synchronous_standby_names = 'ANY 1 (*)'\n")
+            primary.query("SELECT pg_reload_conf()")
+        for standby in self.nodes[1:]:
             standby.start(wait=False)
         for standby in self.nodes[1:]:
             standby.wait_ready()
@@ -591,15 +596,16 @@ class Cluster:
             "source": node0.install.source,
             "user": node0.user.name,
             "primary": self._primary,
-            "password": self.password,
             "synchronous": self.synchronous,
             "listen_addresses": node0.listen_addresses,
             "nodes": [{"name": n.name, "port": n.port} for n in self.nodes],
         }
-        path = self.root / STATE_FILE
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f, indent=2)
+        _write_private(self.root / STATE_FILE, json.dumps(state, indent=2))
+        _write_private(self.password_file, self.password)
+
+    @property
+    def password_file(self) -> Path:
+        return self.root / PASSWORD_FILE
 
     @classmethod
     def load(cls, root: Path | str) -> Cluster:
@@ -624,9 +630,8 @@ class Cluster:
             )
             for n in state["nodes"]
         ]
-        cluster = cls(
-            root, nodes, state["primary"], state["password"], state["synchronous"], True
-        )
+        password = (root / PASSWORD_FILE).read_text()
+        cluster = cls(root, nodes, state["primary"], password, state["synchronous"], True)
         if (root / "golden").is_dir():
             cluster._golden_primary = nodes[0].name
         return cluster
@@ -643,6 +648,12 @@ class Cluster:
                 node.crash()
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def status_as_dicts(rows: list[NodeStatus]) -> list[dict[str, Any]]:

@@ -184,6 +184,14 @@ class Node:
         reap(victims)
         if shmid is not None:
             remove_shared_memory(shmid)
+        # A killed postmaster that is not our child stays a zombie until init
+        # reaps it, and its lock files would make a restart refuse to run.
+        for lock in (
+            self.datadir / "postmaster.pid",
+            self.socket_dir / f".s.PGSQL.{self.port}.lock",
+            self.socket_dir / f".s.PGSQL.{self.port}",
+        ):
+            lock.unlink(missing_ok=True)
 
     def hang(self, include_sessions: bool = True) -> None:
         """SIGSTOP the node: the kernel still accepts TCP connections, nobody answers.
@@ -265,8 +273,11 @@ class Node:
         """The timeline a standby streams, or the primary's own."""
         return int(
             self.scalar(
-                "SELECT COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), "
-                "(SELECT timeline_id FROM pg_control_checkpoint()))"
+                "SELECT CASE WHEN pg_is_in_recovery() THEN COALESCE("
+                "(SELECT received_tli FROM pg_stat_wal_receiver), "
+                "(SELECT timeline_id FROM pg_control_checkpoint())) "
+                "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))"
+                "::bit(32)::int END"
             )
         )
 

@@ -208,8 +208,8 @@ def process_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
-def children_of(pid: int) -> list[int]:
-    """Live processes whose parent is ``pid`` (PostgreSQL's children call setsid())."""
+def children_of(pid: int, zombies: bool = False) -> list[int]:
+    """Processes whose parent is ``pid`` (PostgreSQL's children call setsid())."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -219,7 +219,7 @@ def children_of(pid: int) -> list[int]:
                 fields = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid and fields[0] != "Z":
+        if int(fields[1]) == pid and (zombies or fields[0] != "Z"):
             found.append(int(entry))
     return found
 
@@ -290,6 +290,7 @@ def kill_tree(root_pid: int) -> list[int]:
         os.kill(root_pid, signal.SIGSTOP)  # no new children while we look
     except ProcessLookupError:
         return []
-    victims = [*children_of(root_pid), root_pid]
+    # Zombies too: once the root dies they become ours (we are a subreaper).
+    victims = [*children_of(root_pid, zombies=True), root_pid]
     signal_all(victims, signal.SIGKILL)
     return victims

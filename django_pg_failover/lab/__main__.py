@@ -1,0 +1,157 @@
+"""Command line for the lab: ``python -m django_pg_failover.lab start|status|failover|stop``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .binaries import find_install
+from .cluster import Cluster, default_parent_dir, status_as_dicts
+from .errors import LabError
+
+DIR_ENV = "PG_FAILOVER_LAB_DIR"
+
+
+def default_lab_dir() -> Path:
+    return Path(os.environ.get(DIR_ENV) or default_parent_dir() / "django-pg-failover-lab")
+
+
+def databases_snippet(cluster: Cluster) -> str:
+    hosts = ",\n".join(f'            "{h}"' for h in cluster.hosts())
+    return f"""DATABASES = {{
+    "default": {{
+        "ENGINE": "django_pg_failover",
+        "NAME": "{cluster.django_database()["NAME"]}",
+        "USER": "{cluster.django_database()["USER"]}",
+        "PASSWORD": open("{cluster.password_file}").read(),
+        "HOST": [
+{hosts},
+        ],
+    }}
+}}"""
+
+
+def format_status(cluster: Cluster) -> str:
+    lines = [f"{'node':<6}{'port':>7}  {'state':<6}{'role':<9}{'timeline':>9}{'lag':>12}"]
+    for row in cluster.status():
+        lag = "" if row.replay_lag_bytes is None else f"{row.replay_lag_bytes} B"
+        timeline = "" if row.timeline is None else str(row.timeline)
+        lines.append(
+            f"{row.name:<6}{row.port:>7}  {row.state:<6}{row.role:<9}{timeline:>9}{lag:>12}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    install = find_install(args.pg_version) if args.pg_version else None
+    started = time.monotonic()
+    cluster = Cluster.create(
+        standbys=args.standbys,
+        install=install,
+        synchronous=args.sync,
+        root=args.dir,
+        detach=True,
+    )
+    node0 = cluster.nodes[0]
+    print(
+        f"Lab started in {time.monotonic() - started:.1f}s: PostgreSQL "
+        f"{node0.install.major} ({node0.install.source}), data in {cluster.root}\n"
+    )
+    print(format_status(cluster))
+    print("\nPaste into your settings:\n")
+    print(databases_snippet(cluster))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cluster = Cluster.load(args.dir)
+    if args.json:
+        print(json.dumps(status_as_dicts(cluster.status())))
+    else:
+        print(format_status(cluster))
+    return 0
+
+
+def cmd_failover(args: argparse.Namespace) -> int:
+    cluster = Cluster.load(args.dir)
+    target = cluster.node(args.to) if args.to else None
+    report = cluster.failover(
+        fault=args.fault, target=target, promote_delay=args.delay, rejoin=args.rejoin
+    )
+    print(
+        f"{args.fault} {report.old_primary}: {report.fault_seconds * 1000:.0f} ms; "
+        f"promoted {report.new_primary}: {report.promote_seconds * 1000:.0f} ms; "
+        f"standbys follow: {report.follow_seconds * 1000:.0f} ms"
+        + (
+            f"; {report.old_primary} rejoined: {report.rejoin_seconds * 1000:.0f} ms"
+            if report.rejoin_seconds is not None
+            else ""
+        )
+    )
+    print(format_status(cluster))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    cluster = Cluster.load(args.dir)
+    cluster.close(remove=True)
+    print(f"Lab in {args.dir} stopped and removed.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m django_pg_failover.lab",
+        description="A PostgreSQL primary with streaming standbys on loopback, for "
+        "trying failover by hand.",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=default_lab_dir(),
+        help=f"where the lab lives (default: ${DIR_ENV} or %(default)s)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    start = commands.add_parser("start", help="build and start a lab")
+    start.add_argument("--standbys", type=int, default=2)
+    start.add_argument("--sync", action="store_true", help="synchronous replication")
+    start.add_argument("--pg-version", type=int, help="PostgreSQL major version to use")
+    start.set_defaults(func=cmd_start)
+
+    status = commands.add_parser("status", help="show each node's role and lag")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    failover = commands.add_parser("failover", help="fail the primary, promote a standby")
+    failover.add_argument("--fault", choices=["crash", "hang", "stop"], default="crash")
+    failover.add_argument("--to", help="the standby to promote (default: most advanced)")
+    failover.add_argument("--delay", type=float, default=0.0, help="seconds before promoting")
+    failover.add_argument(
+        "--no-rejoin",
+        dest="rejoin",
+        action="store_false",
+        help="leave the old primary down instead of rejoining it as a standby",
+    )
+    failover.set_defaults(func=cmd_failover)
+
+    stop = commands.add_parser("stop", help="stop the lab and delete its files")
+    stop.set_defaults(func=cmd_stop)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
