@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from .binaries import find_install
-from .cluster import Cluster, default_parent_dir, status_as_dicts
+from .cluster import Cluster, default_lab_dir, status_as_dicts
 from .errors import LabError
-
-DIR_ENV = "PG_FAILOVER_LAB_DIR"
-
-
-def default_lab_dir() -> Path:
-    return Path(os.environ.get(DIR_ENV) or default_parent_dir() / "django-pg-failover-lab")
 
 
 def databases_snippet(cluster: Cluster) -> str:
@@ -113,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir",
         type=Path,
         default=default_lab_dir(),
-        help=f"where the lab lives (default: ${DIR_ENV} or %(default)s)",
+        help="where the lab lives (default: $PG_FAILOVER_LAB_DIR or %(default)s)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

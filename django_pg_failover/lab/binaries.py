@@ -152,9 +152,7 @@ def find_install(major: int | None = None) -> PgInstall:
     if major is not None:
         installs = [i for i in installs if i.major == major]
         if not installs:
-            raise LabError(
-                f"No PostgreSQL {major} server binaries found.\n" + HOW_TO_GET_BINARIES
-            )
+            raise LabError(f"No PostgreSQL {major} server binaries found.\n" + HOW_TO_GET_BINARIES)
     if not installs:
         raise LabError(HOW_TO_GET_BINARIES)
     return installs[0]

@@ -49,17 +49,17 @@ log_min_messages = warning
 log_line_prefix = '%m [%p] '
 """
 
-HBA = """
-local   all          {su}                      trust
+HBA = f"""
+local   all          {SUPERUSER}                      trust
 local   replication  all                       trust
-host    all          {su}      127.0.0.1/32    trust
-host    all          {su}      ::1/128         trust
+host    all          {SUPERUSER}      127.0.0.1/32    trust
+host    all          {SUPERUSER}      ::1/128         trust
 host    replication  all       127.0.0.1/32    trust
 host    replication  all       ::1/128         trust
 local   all          all                       scram-sha-256
 host    all          all       127.0.0.1/32    scram-sha-256
 host    all          all       ::1/128         scram-sha-256
-""".format(su=SUPERUSER)
+"""
 
 _live_clusters: set[Cluster] = set()
 
@@ -79,6 +79,13 @@ def default_parent_dir() -> Path:
             if any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts):
                 return shm
     return Path(tempfile.gettempdir())
+
+
+def default_lab_dir() -> Path:
+    """Where ``python -m django_pg_failover.lab start`` keeps its lab."""
+    return Path(
+        os.environ.get("PG_FAILOVER_LAB_DIR") or default_parent_dir() / "django-pg-failover-lab"
+    )
 
 
 def ipv6_loopback_available() -> bool:
@@ -237,9 +244,7 @@ class Cluster:
         (primary.datadir / "pg_hba.conf").write_text(HBA)
         primary.start()
         with closing(primary.connect()) as conn, conn.cursor() as cur:
-            cur.execute(
-                f"CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD %s", [self.password]
-            )
+            cur.execute(f"CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD %s", [self.password])
             cur.execute(f"CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}")
         for standby in self.nodes[1:]:
             self._clone_from(primary, standby)

@@ -130,8 +130,7 @@ class Node:
 
         if self._proc is not None and self._proc.poll() is not None:
             raise LabError(
-                f"{self.name} exited with status {self._proc.returncode}:\n"
-                + self.log_tail()
+                f"{self.name} exited with status {self._proc.returncode}:\n" + self.log_tail()
             )
         try:
             psycopg2.connect(**self.dsn(connect_timeout=2)).close()
@@ -157,9 +156,7 @@ class Node:
 
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:
         """Shut down the way ``pg_ctl stop -m smart|fast|immediate`` does."""
-        signum = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[
-            mode
-        ]
+        signum = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
         pid = self.pid
         if pid is None:
             self._proc = None
@@ -289,6 +286,5 @@ class Node:
 
     def conninfo(self, for_standby: Node) -> str:
         return (
-            f"host={LOOPBACK} port={self.port} user={SUPERUSER} "
-            f"application_name={for_standby.name}"
+            f"host={LOOPBACK} port={self.port} user={SUPERUSER} application_name={for_standby.name}"
         )

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -116,9 +117,7 @@ class ServerUser:
             raise LabTimeout(f"{Path(args[0]).name} took longer than {timeout}s") from exc
         if check and proc.returncode != 0:
             output = (proc.stderr or proc.stdout).strip()
-            raise LabError(
-                f"{Path(args[0]).name} failed (exit {proc.returncode}): {output}"
-            )
+            raise LabError(f"{Path(args[0]).name} failed (exit {proc.returncode}): {output}")
         return proc
 
     def chown(self, path: Path) -> None:
@@ -226,10 +225,8 @@ def children_of(pid: int, zombies: bool = False) -> list[int]:
 
 def signal_all(pids: Sequence[int], signum: int) -> None:
     for pid in pids:
-        try:
+        with suppress(ProcessLookupError):
             os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 def reap(pids: Sequence[int], timeout: float = 10) -> None:
@@ -254,9 +251,7 @@ def reap(pids: Sequence[int], timeout: float = 10) -> None:
     wait_for(all_gone, timeout, f"processes {list(pids)} to exit", interval=0.005)
 
 
-def spawn(
-    user: ServerUser, args: Sequence[str], log_path: Path, detach: bool
-) -> subprocess.Popen:
+def spawn(user: ServerUser, args: Sequence[str], log_path: Path, detach: bool) -> subprocess.Popen:
     """Start a long-running server program as ``user``.
 
     Unless detached, the program dies with the thread that started it when that

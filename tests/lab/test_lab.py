@@ -32,7 +32,10 @@ def time_to_fail(port: int, timeout: int = 2) -> tuple[float, str]:
     started = time.monotonic()
     with pytest.raises(psycopg2.OperationalError) as excinfo:
         psycopg2.connect(
-            host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+            host="127.0.0.1",
+            port=port,
+            user="postgres",
+            dbname="postgres",
             connect_timeout=timeout,
         )
     return time.monotonic() - started, str(excinfo.value)
@@ -64,7 +67,8 @@ def test_promote_follow_and_rejoin_with_pg_rewind(pg_cluster: Cluster) -> None:
     new = pg_cluster.primary
     other = next(n for n in pg_cluster.standbys if n is not old)
 
-    assert report.old_primary == old.name and new is not old
+    assert report.old_primary == old.name
+    assert new is not old
     assert old.state is State.DOWN
     assert not new.is_in_recovery()
     insert_marker(new, "after")  # the promoted standby accepts writes
@@ -243,7 +247,7 @@ def test_command_line_start_status_failover_stop(pg_lab: Cluster, tmp_path_facto
 
 def test_unusable_explicit_bindir_is_one_clear_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PG_FAILOVER_PG_BINDIR", str(tmp_path))
-    with pytest.raises(LabError, match="not a usable PostgreSQL bin folder.*initdb"):
+    with pytest.raises(LabError, match=r"not a usable PostgreSQL bin folder.*initdb"):
         find_installs()
 
 
@@ -273,9 +277,7 @@ def test_unused_plugin_needs_no_binaries(tmp_path) -> None:
 
 
 def test_missing_binaries_fail_lab_tests_with_instructions(tmp_path) -> None:
-    (tmp_path / "test_lab_user.py").write_text(
-        "def test_uses_lab(pg_lab):\n    pass\n"
-    )
+    (tmp_path / "test_lab_user.py").write_text("def test_uses_lab(pg_lab):\n    pass\n")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:django", str(tmp_path)],
         capture_output=True,

@@ -1,0 +1,44 @@
+"""``manage.py dbshell``: psql on the same host list, the password in the environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.backends.postgresql.client import DatabaseClient as PostgresDatabaseClient
+
+from .hosts import libpq_host_params, parse_hosts
+from .options import DEFAULT_CONNECT_TIMEOUT, target_session_attrs
+
+
+class DatabaseClient(PostgresDatabaseClient):
+    @classmethod
+    def settings_to_cmd_args_env(
+        cls, settings_dict: dict[str, Any], parameters: list[str]
+    ) -> tuple[list[str], dict[str, str] | None]:
+        options = settings_dict["OPTIONS"]
+        hosts = libpq_host_params(parse_hosts(settings_dict["HOST"], settings_dict["PORT"]))
+        args, env = super().settings_to_cmd_args_env(
+            {
+                **settings_dict,
+                "HOST": hosts["host"],
+                "PORT": hosts["port"],
+                "OPTIONS": {k: v for k, v in options.items() if k != "failover"},
+            },
+            parameters,
+        )
+        env = dict(env or {})
+        # psql has no flags for these; libpq reads them from the environment.
+        env["PGTARGETSESSIONATTRS"] = target_session_attrs(options)
+        env["PGCONNECT_TIMEOUT"] = str(options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
+        if options.get("application_name"):
+            env["PGAPPNAME"] = str(options["application_name"])
+        return args, env
+
+    def runshell(self, parameters: list[str]) -> None:
+        # Report bad settings with the alias before psql starts.
+        parse_hosts(
+            self.connection.settings_dict["HOST"],
+            self.connection.settings_dict["PORT"],
+            self.connection.alias,
+        )
+        super().runshell(parameters)

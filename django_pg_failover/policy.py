@@ -1,0 +1,109 @@
+"""``OPTIONS["failover"]``: how long to keep trying, and how to space the tries."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .exceptions import SettingsError
+
+FAILOVER_CHECK = "django_pg_failover.E003"
+
+# Bounds that catch typos (milliseconds given as seconds) without getting in the
+# way of any sane deployment.
+_LIMITS = {
+    "retry_timeout": (0.0, 3600.0),
+    "backoff_initial": (0.001, 60.0),
+    "backoff_max": (0.001, 300.0),
+    "host_recheck": (0.0, 86400.0),
+}
+
+
+@dataclass(frozen=True)
+class FailoverPolicy:
+    """When and how long :meth:`ensure_connection` retries a failed connect.
+
+    ``retry_timeout``
+        Seconds to keep trying to connect; 0 makes one pass over the hosts.
+    ``backoff_initial``, ``backoff_max``
+        The pause before retry *n* is ``min(backoff_max, backoff_initial * 2**(n-1))``,
+        scaled by a random factor in [0.5, 1) so that many processes do not
+        reconnect in lockstep.
+    ``host_recheck``
+        Seconds a host's last outcome (down, primary, standby) is remembered
+        to order the hosts of later connections; 0 disables the memory.
+    ``retry_reads``
+        Re-run a plain ``SELECT`` that failed because the connection was lost,
+        outside transactions only. Off by default.
+    """
+
+    retry_timeout: float = 10.0
+    backoff_initial: float = 0.05
+    backoff_max: float = 1.0
+    host_recheck: float = 10.0
+    retry_reads: bool = False
+
+    @classmethod
+    def from_options(cls, options: Any, alias: str | None = None) -> FailoverPolicy:
+        """Validate ``OPTIONS["failover"]`` (a mapping, or None for the defaults)."""
+        keys = ("OPTIONS", "failover")
+        if options is None:
+            return cls()
+        if not isinstance(options, Mapping):
+            raise SettingsError(
+                alias, keys, f"{options!r} is not a dict of failover settings", FAILOVER_CHECK
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in options if k not in known)
+        if unknown:
+            raise SettingsError(
+                alias,
+                keys,
+                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                FAILOVER_CHECK,
+            )
+        values: dict[str, Any] = {}
+        for name, value in options.items():
+            if name == "retry_reads":
+                if not isinstance(value, bool):
+                    raise SettingsError(
+                        alias, (*keys, name), f"{value!r} is not True or False", FAILOVER_CHECK
+                    )
+                values[name] = value
+            else:
+                values[name] = _seconds(value, alias, (*keys, name))
+        policy = cls(**values)
+        if policy.backoff_initial > policy.backoff_max:
+            raise SettingsError(
+                alias,
+                keys,
+                f"backoff_initial ({policy.backoff_initial:g}) is larger than "
+                f"backoff_max ({policy.backoff_max:g})",
+                FAILOVER_CHECK,
+            )
+        return policy
+
+    def backoff(self, attempt: int, jitter: Callable[[], float] = random.random) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        exponent = min(max(attempt - 1, 0), 32)
+        ceiling = min(self.backoff_max, self.backoff_initial * 2**exponent)
+        return ceiling * (0.5 + 0.5 * jitter())
+
+
+def _seconds(value: Any, alias: str | None, keys: tuple[str, ...]) -> float:
+    name = keys[-1]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SettingsError(alias, keys, f"{value!r} is not a number of seconds", FAILOVER_CHECK)
+    low, high = _LIMITS[name]
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(
+            alias, keys, f"{value!r} must be a finite, non-negative number", FAILOVER_CHECK
+        )
+    if not low <= value <= high:
+        raise SettingsError(
+            alias, keys, f"{value!r} is outside {low:g}..{high:g} seconds", FAILOVER_CHECK
+        )
+    return float(value)
