@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.conf import settings
@@ -35,9 +35,12 @@ def _driver_problem() -> tuple[str | None, int]:
 
 
 def check_failover_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    aliases = [
-        (alias, db) for alias, db in settings.DATABASES.items() if db.get("ENGINE") == ENGINE
-    ]
+    return database_problems(settings.DATABASES)
+
+
+def database_problems(databases: Mapping[str, Any]) -> list[checks.CheckMessage]:
+    """Every problem of the ``DATABASES`` entries that use this backend."""
+    aliases = [(alias, db) for alias, db in databases.items() if db.get("ENGINE") == ENGINE]
     if not aliases:
         return []
     messages: list[checks.CheckMessage] = []

@@ -1,0 +1,74 @@
+"""Fixtures shared by the suite.
+
+``pg_lab`` and ``pg_cluster`` come from the lab's pytest plugin. Here they get
+testproject's tables (migrated once per lab, through this backend, then kept
+in the lab's snapshot) and Django aliases that point at them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import connections
+
+from django_pg_failover.lab import Cluster
+from django_pg_failover.status import host_status
+
+FAST = {"connect_timeout": 2, "failover": {"retry_timeout": 15.0, "backoff_max": 0.25}}
+
+
+@pytest.fixture(scope="session")
+def lab(pg_lab: Cluster, django_db_blocker) -> Cluster:
+    """The session's lab, with ``default`` pointing at it and the shop tables migrated."""
+    with django_db_blocker.unblock():
+        connections.close_all()
+        connections["default"].settings_dict.update(pg_lab.django_database(OPTIONS=dict(FAST)))
+        call_command("migrate", verbosity=0)
+        connections.close_all()
+    pg_lab.snapshot()
+    return pg_lab
+
+
+@pytest.fixture
+def cluster(lab: Cluster, pg_cluster: Cluster, django_db_blocker) -> Iterator[Cluster]:
+    """The lab for one test: healthy at the start, database access allowed."""
+    host_status.clear()
+    with django_db_blocker.unblock():
+        yield pg_cluster
+        connections.close_all()
+    host_status.clear()
+
+
+@pytest.fixture
+def make_alias(cluster: Cluster) -> Iterator[Callable[..., str]]:
+    """Register a temporary database alias on the lab: ``make_alias(HOST=..., OPTIONS=...)``."""
+    created: list[str] = []
+
+    def make(engine: str = "django_pg_failover", **overrides: Any) -> str:
+        alias = f"lab_{len(created)}"
+        options = {**FAST, **overrides.pop("OPTIONS", {})}
+        if engine != "django_pg_failover":
+            options.pop("failover", None)
+        settings = cluster.django_database(OPTIONS=options, ENGINE=engine, **overrides)
+        connections.settings[alias] = connections.configure_settings({"default": {}, alias: settings})[alias]
+        created.append(alias)
+        return alias
+
+    yield make
+    for alias in created:
+        with suppress(Exception):
+            connections[alias].close()
+        with suppress(AttributeError):
+            del connections[alias]
+        connections.settings.pop(alias, None)
+
+
+@pytest.fixture
+def failover_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="django_pg_failover")
+    return caplog
