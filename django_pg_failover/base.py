@@ -164,8 +164,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                     raise self._connect_error(
                         cause, failures, attempt, elapsed, "not retried: waiting will not fix it"
                     ) from cause
-                pause = policy.backoff(attempt)
-                if time.monotonic() + pause > deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     logger.error(
                         "database alias %r: giving up after %d attempt(s) in %.2fs",
                         self.alias,
@@ -175,6 +175,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                     raise self._connect_error(
                         cause, failures, attempt, elapsed, "retry_timeout reached"
                     ) from cause
+                # The last pause is cut short so that one more try lands on the deadline.
+                pause = min(policy.backoff(attempt), remaining)
                 logger.warning(
                     "database alias %r: connection attempt %d failed after %.2fs (%s); "
                     "retrying in %.2fs",

@@ -55,7 +55,9 @@ def make_alias(cluster: Cluster) -> Iterator[Callable[..., str]]:
         if engine != "django_pg_failover":
             options.pop("failover", None)
         settings = cluster.django_database(OPTIONS=options, ENGINE=engine, **overrides)
-        connections.settings[alias] = connections.configure_settings({"default": {}, alias: settings})[alias]
+        connections.settings[alias] = connections.configure_settings(
+            {"default": {}, alias: settings}
+        )[alias]
         created.append(alias)
         return alias
 

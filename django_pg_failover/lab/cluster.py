@@ -301,6 +301,10 @@ class Cluster:
         return [n for n in self.nodes if n.name != self._primary]
 
     @property
+    def running_standbys(self) -> list[Node]:
+        return [n for n in self.standbys if n.state is State.UP]
+
+    @property
     def dirty(self) -> bool:
         """True once anything changed the cluster since it was built or reset."""
         return self._dirty
@@ -348,6 +352,20 @@ class Cluster:
     def start(self, node: Node) -> None:
         self._dirty = True
         node.start()
+
+    def make_read_only(self, node: Node | None = None) -> Node:
+        """Fence a node by making every new transaction read-only.
+
+        What a demoted primary looks like to sessions that stay connected to it
+        (cluster managers fence this way; Aurora's old writer becomes a reader).
+        Existing sessions see 25006 on their next write.
+        """
+        node = node or self.primary
+        self._dirty = True
+        with closing(node.connect()) as conn, conn.cursor() as cur:
+            cur.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            cur.execute("SELECT pg_reload_conf()")
+        return node
 
     def promote(self, node: Node | None = None) -> Node:
         """Promote a standby (the most advanced one by default)."""
@@ -489,8 +507,8 @@ class Cluster:
         return {row[0] for row in rows}
 
     def wait_streaming(self, nodes: list[Node] | None = None, timeout: float = 30) -> None:
-        """Wait until each standby streams from the current primary."""
-        wanted = {n.name for n in (nodes if nodes is not None else self.standbys)}
+        """Wait until each (running) standby streams from the current primary."""
+        wanted = {n.name for n in (nodes if nodes is not None else self.running_standbys)}
         wait_for(
             lambda: wanted <= self._streaming_names(),
             timeout,
@@ -499,9 +517,9 @@ class Cluster:
         )
 
     def wait_replayed(self, nodes: list[Node] | None = None, timeout: float = 30) -> None:
-        """Wait until standbys replayed everything the primary has written so far."""
+        """Wait until (running) standbys replayed everything the primary wrote so far."""
         target = self.primary.wal_position()
-        for node in nodes if nodes is not None else self.standbys:
+        for node in nodes if nodes is not None else self.running_standbys:
             wait_for(
                 lambda node=node: node.replay_position() >= target,
                 timeout,

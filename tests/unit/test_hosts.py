@@ -137,7 +137,6 @@ def test_string_and_list_forms_agree(names, data) -> None:
 @given(host_lists, ports)
 def test_scalar_port_only_fills_entries_without_one(expected, default) -> None:
     entries = [
-        h.host if h.port == default and not h.is_socket else host_setting([h])[0]
-        for h in expected
+        h.host if h.port == default and not h.is_socket else host_setting([h])[0] for h in expected
     ]
     assert list(parse_hosts(entries, default)) == expected

@@ -76,8 +76,16 @@ BAD_SETTINGS = [
     ({"HOST": "db1", "PORT": 70000}, "port 70000 is outside 1..65535", "E002"),
     ({"HOST": "db1", "PORT": "five"}, "'five' is not a port number", "E002"),
     ({"HOST": "db1,db2", "PORT": [5432]}, "1 ports given for 2 hosts", "E002"),
-    ({"HOST": ["db1:5433", "db2"], "PORT": [5434, 5432]}, "given port 5433 in HOST and 5434", "E002"),
-    ({"HOST": "db1", "OPTIONS": {"failover": {"retries": 3}}}, "unknown setting(s) retries", "E003"),
+    (
+        {"HOST": ["db1:5433", "db2"], "PORT": [5434, 5432]},
+        "given port 5433 in HOST and 5434",
+        "E002",
+    ),
+    (
+        {"HOST": "db1", "OPTIONS": {"failover": {"retries": 3}}},
+        "unknown setting(s) retries",
+        "E003",
+    ),
     (
         {"HOST": "db1", "OPTIONS": {"failover": {"retry_timeout": -1}}},
         "['retry_timeout']: -1 must be a finite, non-negative number",
@@ -157,7 +165,18 @@ def test_dbshell_arguments_carry_hosts_and_no_password() -> None:
         },
         ["-c", "select 1"],
     )
-    assert args == ["psql", "-U", "app", "-h", "db1,db2", "-p", "5432,5433", "-c", "select 1", "app"]
+    assert args == [
+        "psql",
+        "-U",
+        "app",
+        "-h",
+        "db1,db2",
+        "-p",
+        "5432,5433",
+        "-c",
+        "select 1",
+        "app",
+    ]
     assert "s3cret" not in " ".join(args)
     assert env["PGPASSWORD"] == "s3cret"
     assert env["PGTARGETSESSIONATTRS"] == "primary"

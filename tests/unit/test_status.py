@@ -99,7 +99,7 @@ def test_concurrent_updates_and_reads(status) -> None:
                 status.record_lost(host, demoted=bool(i % 2), recheck=10)
                 ordered = status.order(hosts, "read-write")
                 assert sorted(ordered, key=hosts.index) == hosts
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]

@@ -1,0 +1,296 @@
+"""Losing the server under an open connection: crash, promotion, demotion, real faults."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from django.core.signals import request_finished, request_started
+from django.db import (
+    Error,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    connections,
+    transaction,
+)
+
+from django_pg_failover.lab import Cluster
+from shop.models import Order
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def in_request(work: Callable[[], Any]) -> Any:
+    """Run ``work`` the way Django's handler runs a view: between the request signals."""
+    request_started.send(sender=None)
+    try:
+        return work()
+    finally:
+        request_finished.send(sender=None)
+
+
+def create(alias: str, key: str | None = None) -> str:
+    key = key or uuid.uuid4().hex
+    Order.objects.using(alias).create(key=key)
+    return key
+
+
+def port_of(alias: str) -> int:
+    return connections[alias].connection.info.port
+
+
+def keys_on(node, keys: list[str]) -> list[str]:
+    rows = node.query("SELECT key FROM shop_order WHERE key = ANY(%s)", [keys], dbname="app")
+    return [r[0] for r in rows]
+
+
+def stock_alias(cluster: Cluster, make_alias, **extra: Any) -> str:
+    """Django's own backend set up the way multi-host guides show it: its best case."""
+    return make_alias(
+        engine="django.db.backends.postgresql",
+        HOST=",".join("127.0.0.1" for _ in cluster.nodes),
+        PORT=",".join(str(n.port) for n in cluster.nodes),
+        OPTIONS={"target_session_attrs": "read-write", "connect_timeout": 2},
+        **extra,
+    )
+
+
+@dataclass
+class WriteLoop:
+    """Request-like writes in a thread; failures sorted by when they started."""
+
+    alias: str
+    crashed_at: list[float]
+    stop: threading.Event
+    acknowledged: list[str] = field(default_factory=list)
+    failed_in_flight: int = 0
+    failed_after_crash: int = 0
+    ports: list[int] = field(default_factory=list)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                key = in_request(lambda: self._write())
+            except Error:
+                if self.crashed_at and started >= self.crashed_at[0]:
+                    self.failed_after_crash += 1
+                else:
+                    self.failed_in_flight += 1
+                time.sleep(0.01)
+            else:
+                self.acknowledged.append(key)
+            time.sleep(0.005)
+        connections.close_all()
+
+    def _write(self) -> str:
+        key = create(self.alias)
+        self.ports.append(port_of(self.alias))
+        return key
+
+
+def test_write_loop_survives_crash_and_promotion_where_stock_fails(
+    cluster: Cluster, make_alias
+) -> None:
+    ours_alias = make_alias(OPTIONS={"failover": {"retry_timeout": 10, "backoff_max": 0.1}})
+    stock = stock_alias(cluster, make_alias)
+    crashed_at: list[float] = []
+    stop = threading.Event()
+    ours, theirs = WriteLoop(ours_alias, crashed_at, stop), WriteLoop(stock, crashed_at, stop)
+    threads = [threading.Thread(target=loop.run) for loop in (ours, theirs)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)  # healthy traffic first
+        old = cluster.primary
+        crashed_at.append(time.monotonic())
+        cluster.crash(old)
+        time.sleep(1.5)
+        new = cluster.promote()
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+
+    print(
+        f"\nfailed operations after the crash: django_pg_failover={ours.failed_after_crash} "
+        f"(in flight: {ours.failed_in_flight}), stock={theirs.failed_after_crash} "
+        f"(in flight: {theirs.failed_in_flight})"
+    )
+    assert ours.failed_after_crash == 0
+    assert ours.failed_in_flight <= 1
+    assert ours.ports[0] == old.port
+    assert ours.ports[-1] == new.port
+    assert theirs.failed_after_crash > 0
+    # Every write acknowledged by the new primary is there, once.
+    after = [k for k, p in zip(ours.acknowledged, ours.ports, strict=True) if p == new.port]
+    assert sorted(keys_on(new, after)) == sorted(after)
+
+
+def test_loss_outside_atomic_raises_then_next_query_reconnects(
+    cluster: Cluster, make_alias
+) -> None:
+    alias = make_alias()
+    stock = stock_alias(cluster, make_alias)
+
+    def request() -> None:
+        create(alias, "before")
+        create(stock, "stock-before")
+        cluster.crash(cluster.primary)
+        new = cluster.promote()
+        with pytest.raises(OperationalError):
+            create(alias, "lost")
+        create(alias, "after")  # same request, new primary
+        assert port_of(alias) == new.port
+        # Django's own backend keeps the dead connection for the rest of the request.
+        with pytest.raises(OperationalError):
+            create(stock, "stock-lost")
+        with pytest.raises(InterfaceError, match="connection already closed"):
+            create(stock, "stock-after")
+
+    in_request(request)
+    assert keys_on(cluster.primary, ["lost", "after", "stock-lost", "stock-after"]) == ["after"]
+
+
+def test_loss_inside_atomic_loses_the_transaction_and_replays_nothing(
+    cluster: Cluster, make_alias
+) -> None:
+    alias = make_alias()
+    create(alias, "committed")
+    with pytest.raises(OperationalError), transaction.atomic(using=alias):
+        create(alias, "in-transaction-1")
+        cluster.crash(cluster.primary)
+        cluster.promote()
+        create(alias, "in-transaction-2")
+    create(alias, "after")  # the block has exited: reconnect
+    assert sorted(keys_on(cluster.primary, ["in-transaction-1", "in-transaction-2", "after"])) == [
+        "after"
+    ]
+
+
+def test_inside_atomic_no_reconnect_until_the_block_exits(cluster: Cluster, make_alias) -> None:
+    alias = make_alias()
+    create(alias, "warm-up")
+    with transaction.atomic(using=alias):
+        create(alias, "doomed-1")
+        cluster.crash(cluster.primary)
+        cluster.promote()
+        with pytest.raises(OperationalError):
+            create(alias, "doomed-2")
+        started = time.monotonic()
+        with pytest.raises((ProgrammingError, InterfaceError)):
+            create(alias, "doomed-3")
+        assert time.monotonic() - started < 0.5  # no waiting for a server either
+    assert connections[alias].connection is None
+    create(alias, "after")
+    assert keys_on(cluster.primary, ["doomed-1", "doomed-2", "doomed-3", "after"]) == ["after"]
+
+
+def test_demoted_primary_read_only_error_then_real_primary(cluster: Cluster, make_alias) -> None:
+    alias = make_alias()
+    old = cluster.primary
+    create(alias, "on-old")
+    cluster.wait_replayed()
+    cluster.make_read_only(old)
+    new = cluster.promote()
+    with pytest.raises(Error) as excinfo:
+        create(alias, "refused")
+    assert excinfo.value.__cause__.pgcode == "25006"
+    create(alias, "on-new")
+    assert port_of(alias) == new.port
+    assert keys_on(new, ["on-old", "refused", "on-new"]) == ["on-old", "on-new"]
+
+
+def test_read_only_error_on_an_any_session_is_the_callers(cluster: Cluster, make_alias) -> None:
+    standby = cluster.standbys[0]
+    alias = make_alias(HOST=[f"127.0.0.1:{standby.port}"], OPTIONS={"target_session_attrs": "any"})
+    with pytest.raises(Error):
+        create(alias, "refused")
+    # The session was not closed: the standby is what this alias asked for.
+    assert connections[alias].connection is not None
+    assert connections[alias].connection.info.port == standby.port
+
+
+@pytest.mark.parametrize("health_checks", [True, False])
+def test_persistent_connection_across_failover(
+    cluster: Cluster, make_alias, health_checks: bool
+) -> None:
+    alias = make_alias(CONN_MAX_AGE=600, CONN_HEALTH_CHECKS=health_checks)
+    in_request(lambda: create(alias))
+    kept = connections[alias].connection
+    in_request(lambda: create(alias))
+    assert connections[alias].connection is kept  # persistent indeed
+    cluster.crash(cluster.primary)
+    new = cluster.promote()
+    if health_checks:
+        in_request(lambda: create(alias))  # the health check drops the dead connection first
+    else:
+        with pytest.raises(OperationalError):
+            in_request(lambda: create(alias))
+        in_request(lambda: create(alias))
+    assert port_of(alias) == new.port
+
+
+def test_threads_each_reconnect(cluster: Cluster, make_alias) -> None:
+    alias = make_alias(OPTIONS={"failover": {"retry_timeout": 10, "backoff_max": 0.1}})
+    results: dict[int, tuple[int, int, list[int]]] = {}
+    started = threading.Barrier(9)
+    crashed = threading.Event()
+
+    def worker(n: int) -> None:
+        failures, ports = 0, []
+        in_request(lambda: create(alias))
+        started.wait()
+        crashed.wait()
+        for _ in range(5):
+            try:
+                ports.append(in_request(lambda: create(alias) and port_of(alias)))
+            except Error:
+                failures += 1
+        results[n] = (failures, len(ports), ports)
+        connections.close_all()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    cluster.crash(cluster.primary)
+    crashed.set()
+    time.sleep(0.5)
+    new = cluster.promote()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 8
+    for failures, successes, ports in results.values():
+        assert failures == 0
+        assert successes == 5
+        assert set(ports) == {new.port}
+
+
+def test_async_orm_reconnects(cluster: Cluster, make_alias) -> None:
+    alias = make_alias()
+
+    async def scenario() -> tuple[int, type]:
+        await Order.objects.using(alias).acreate(key="async-before")
+        cluster.wait_replayed()
+        cluster.crash(cluster.primary)
+        cluster.promote()
+        try:
+            await Order.objects.using(alias).acreate(key="async-lost")
+        except Error as exc:
+            error = type(exc)
+        await Order.objects.using(alias).acreate(key="async-after")
+        return await Order.objects.using(alias).filter(key__startswith="async").acount(), error
+
+    count, error = asyncio.run(scenario())
+    assert error is OperationalError
+    assert count == 2
+    assert keys_on(cluster.primary, ["async-lost", "async-after"]) == ["async-after"]
