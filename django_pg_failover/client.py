@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.management import CommandError
 from django.db.backends.postgresql.client import DatabaseClient as PostgresDatabaseClient
 
+from .exceptions import SettingsError
 from .hosts import libpq_host_params, parse_hosts
 from .options import DEFAULT_CONNECT_TIMEOUT, target_session_attrs
 
@@ -35,10 +37,13 @@ class DatabaseClient(PostgresDatabaseClient):
         return args, env
 
     def runshell(self, parameters: list[str]) -> None:
-        # Report bad settings with the alias before psql starts.
-        parse_hosts(
-            self.connection.settings_dict["HOST"],
-            self.connection.settings_dict["PORT"],
-            self.connection.alias,
-        )
+        # Bad settings: one line naming the alias, before psql starts.
+        try:
+            parse_hosts(
+                self.connection.settings_dict["HOST"],
+                self.connection.settings_dict["PORT"],
+                self.connection.alias,
+            )
+        except SettingsError as exc:
+            raise CommandError(str(exc)) from exc
         super().runshell(parameters)

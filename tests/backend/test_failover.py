@@ -165,11 +165,16 @@ def test_loss_inside_atomic_loses_the_transaction_and_replays_nothing(
 ) -> None:
     alias = make_alias()
     create(alias, "committed")
-    with pytest.raises(OperationalError), transaction.atomic(using=alias):
-        create(alias, "in-transaction-1")
-        cluster.crash(cluster.primary)
-        cluster.promote()
-        create(alias, "in-transaction-2")
+
+    def transfer() -> None:
+        with transaction.atomic(using=alias):
+            create(alias, "in-transaction-1")
+            cluster.crash(cluster.primary)
+            cluster.promote()
+            create(alias, "in-transaction-2")
+
+    with pytest.raises(OperationalError):
+        transfer()
     create(alias, "after")  # the block has exited: reconnect
     assert sorted(keys_on(cluster.primary, ["in-transaction-1", "in-transaction-2", "after"])) == [
         "after"

@@ -1,0 +1,97 @@
+"""Django's tools with a host list: migrate, test, dbshell, and pytest-django, for real."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from django_pg_failover.lab import Cluster
+from django_pg_failover.lab.cluster import free_port
+
+pytestmark = pytest.mark.timeout(180)
+
+TESTPROJECT = Path(__file__).resolve().parents[2] / "testproject"
+
+
+def project_env(cluster: Cluster, **extra: str) -> dict[str, str]:
+    """testproject's environment: a dead host and the standbys before the primary."""
+    hosts = [
+        f"127.0.0.1:{free_port()}",
+        *(f"127.0.0.1:{n.port}" for n in cluster.standbys),
+        f"127.0.0.1:{cluster.primary.port}",
+    ]
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/"),
+        "DJANGO_SETTINGS_MODULE": "testproject.settings",
+        "PG_FAILOVER_HOSTS": ",".join(hosts),
+        "PG_FAILOVER_PASSWORD": cluster.password,
+        **extra,
+    }
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], cwd=TESTPROJECT, env=env, capture_output=True, text=True
+    )
+
+
+def test_migrate_runs_on_the_primary(cluster: Cluster) -> None:
+    cluster.primary.query("CREATE DATABASE migrate_check OWNER app")
+    result = run(
+        ["manage.py", "migrate", "-v", "1"], project_env(cluster, PG_FAILOVER_NAME="migrate_check")
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Applying shop.0001_initial... OK" in result.stdout
+    cluster.wait_replayed()
+    for node in cluster.nodes:
+        tables = node.scalar(
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'shop_order'", dbname="migrate_check"
+        )
+        assert tables == 1
+
+
+def test_manage_py_test_creates_the_test_database_on_the_primary(cluster: Cluster) -> None:
+    result = run(["manage.py", "test", "shop", "--noinput", "-v", "2"], project_env(cluster))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Ran 4 tests" in result.stderr
+    assert "Creating test database for alias 'default' ('test_app')" in result.stderr
+    assert (
+        cluster.primary.scalar("SELECT count(*) FROM pg_database WHERE datname = 'test_app'") == 0
+    )
+
+
+def test_pytest_django_runs_the_same_tests(cluster: Cluster) -> None:
+    result = run(
+        ["-m", "pytest", "-q", "shop/tests.py", "-p", "no:cacheprovider"], project_env(cluster)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 passed" in result.stdout
+
+
+def test_dbshell_opens_psql_on_the_primary(cluster: Cluster) -> None:
+    result = run(
+        [
+            "manage.py",
+            "dbshell",
+            "--",
+            "-At",
+            "-c",
+            "SELECT inet_server_port(), pg_is_in_recovery()",
+        ],
+        project_env(cluster),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{cluster.primary.port}|f"
+
+
+def test_dbshell_reports_bad_hosts_with_the_alias(cluster: Cluster) -> None:
+    env = project_env(cluster)
+    env["PG_FAILOVER_HOSTS"] = "127.0.0.1:5432,,"
+    result = run(["manage.py", "dbshell"], env)
+    assert result.returncode != 0
+    assert result.stderr.strip() == "CommandError: DATABASES['default']['HOST']: entry 2 is empty"
