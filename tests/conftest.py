@@ -7,6 +7,7 @@ in the lab's snapshot) and Django aliases that point at them.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -19,6 +20,7 @@ from django.db import connections
 from django_pg_failover.lab import Cluster
 from django_pg_failover.status import host_status
 
+_alias_numbers = itertools.count()
 FAST = {"connect_timeout": 2, "failover": {"retry_timeout": 15.0, "backoff_max": 0.25}}
 
 
@@ -50,7 +52,9 @@ def make_alias(cluster: Cluster) -> Iterator[Callable[..., str]]:
     created: list[str] = []
 
     def make(engine: str = "django_pg_failover", **overrides: Any) -> str:
-        alias = f"lab_{len(created)}"
+        # Unique for the session: threads that outlive a test (asgiref's executor)
+        # keep their own connection per alias name.
+        alias = f"lab_{next(_alias_numbers)}"
         options = {**FAST, **overrides.pop("OPTIONS", {})}
         if engine != "django_pg_failover":
             options.pop("failover", None)
