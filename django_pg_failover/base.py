@@ -3,12 +3,16 @@
 The overrides are few and each delegates to a small module:
 
 - :meth:`DatabaseWrapper.get_connection_params` turns ``HOST``/``PORT`` into
-  libpq's multi-host lists (:mod:`.hosts`) in the order the host status
-  memory suggests (:mod:`.status`);
+  libpq's multi-host lists (:mod:`.hosts`), in the order the process-wide host
+  status memory suggests (:mod:`.status`);
 - :meth:`DatabaseWrapper.ensure_connection` retries a failed connect with
   backoff (:mod:`.policy`), never inside an atomic block;
 - :class:`FailoverErrorWrapper` sees every driver error; one that lost the
-  connection (:mod:`.errors`) closes it so the next use reconnects.
+  connection, or found the server read-only under a read-write session
+  (:mod:`.errors`), closes it so that the next use reconnects;
+- with ``retry_reads``, cursors re-run a lost plain SELECT once (:mod:`.reads`).
+
+Nothing here runs on the healthy path of a query beyond what Django runs.
 """
 
 from __future__ import annotations
@@ -43,17 +47,20 @@ if postgresql.is_psycopg3:
         "pip install 'django-pg-failover[binary]'."
     )
 
+# After the driver checks above: these import psycopg2.
 from . import errors, signals
 from .client import DatabaseClient
+from .conf import FailoverSettings
 from .creation import DatabaseCreation
-from .hosts import Host, hosts_from_libpq_params, libpq_host_params, parse_hosts
-from .options import (
-    DEFAULT_CONNECT_TIMEOUT,
-    WRITABLE_SESSION_ATTRS,
-    target_session_attrs,
-    validate_options,
-)
+from .errors import HostFailure
+from .hosts import Host, hosts_from_libpq_params, libpq_host_params
+from .options import DEFAULT_CONNECT_TIMEOUT, WRITABLE_SESSION_ATTRS
 from .policy import FailoverPolicy
+from .reads import (
+    ReadRetryCursorDebugWrapper,
+    ReadRetryCursorWrapper,
+    is_retryable_read,
+)
 from .status import host_status
 
 logger = logging.getLogger("django_pg_failover")
@@ -63,8 +70,9 @@ class FailoverErrorWrapper(DatabaseErrorWrapper):
     """Django's error translation, first telling the wrapper what went wrong."""
 
     def __exit__(self, exc_type, exc_value, traceback):
-        if exc_type is not None:
-            self.wrapper.on_driver_error(exc_value)
+        if exc_type is None:
+            return
+        self.wrapper.on_driver_error(exc_value)
         return super().__exit__(exc_type, exc_value, traceback)
 
 
@@ -74,8 +82,13 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # The server the open connection reached, kept for reports after it dies.
+        #: The server the open connection reached (kept to report its loss).
         self.server: Host | None = None
+        self._settings_key: str | None = None
+        self._settings: FailoverSettings | None = None
+        # Copied from the policy at connect time: read on every cursor.
+        self._retry_reads = False
+        self._lost_error: BaseException | None = None
 
     @cached_property
     def wrap_database_errors(self) -> FailoverErrorWrapper:
@@ -84,32 +97,36 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     # -- settings -----------------------------------------------------------------
 
     @property
-    def failover_policy(self) -> FailoverPolicy:
-        return FailoverPolicy.from_options(
-            self.settings_dict["OPTIONS"].get("failover"), self.alias
-        )
+    def failover_settings(self) -> FailoverSettings:
+        """HOST, PORT and OPTIONS validated; parsed again only when they change."""
+        settings_dict = self.settings_dict
+        key = repr((settings_dict["HOST"], settings_dict["PORT"], settings_dict["OPTIONS"]))
+        if key != self._settings_key:
+            self._settings = FailoverSettings.from_settings_dict(
+                settings_dict, self.alias, errors.libpq_version()
+            )
+            self._settings_key = key
+        return self._settings
 
     @property
-    def hosts(self) -> tuple[Host, ...]:
-        return parse_hosts(self.settings_dict["HOST"], self.settings_dict["PORT"], self.alias)
+    def failover_policy(self) -> FailoverPolicy:
+        return self.failover_settings.policy
 
     @property
     def target_session_attrs(self) -> str:
-        return target_session_attrs(self.settings_dict["OPTIONS"])
+        return self.failover_settings.target_session_attrs
 
     def get_connection_params(self) -> dict[str, Any]:
-        options = self.settings_dict["OPTIONS"]
-        validate_options(options, errors.libpq_version(), self.alias)
-        policy = self.failover_policy
-        hosts = self.hosts
-        tsa = self.target_session_attrs
+        settings = self.failover_settings
         params = super().get_connection_params()
         params.pop("failover", None)
-        params["target_session_attrs"] = tsa
+        params["target_session_attrs"] = settings.target_session_attrs
         params.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        # The shuffle is ours: libpq's would undo the status ordering.
         balanced = params.pop("load_balance_hosts", None) == "random"
-        if policy.host_recheck > 0:
-            hosts = host_status.order(hosts, tsa, shuffle=balanced)
+        hosts = settings.hosts
+        if settings.policy.host_recheck > 0:
+            hosts = host_status.order(hosts, settings.target_session_attrs, shuffle=balanced)
         elif balanced:
             hosts = tuple(random.sample(hosts, len(hosts)))
         params.update(libpq_host_params(hosts))
@@ -120,14 +137,15 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     @async_unsafe
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         connection = super().get_new_connection(conn_params)
-        host, port = errors.landed_on(connection)
-        self.server = Host(host, port)
+        policy = self.failover_policy
+        self.server = Host(*errors.landed_on(connection))
+        self._retry_reads = policy.retry_reads
         host_status.record_connected(
             hosts_from_libpq_params(conn_params),
             self.server,
             errors.server_role(connection),
             conn_params["target_session_attrs"],
-            self.failover_policy.host_recheck,
+            policy.host_recheck,
         )
         return connection
 
@@ -136,8 +154,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         """Connect if needed, retrying with backoff while no suitable server answers.
 
         Inside an atomic block there is no retry: a transaction whose
-        connection was lost is gone, and Django must not open a fresh
-        connection in the middle of it.
+        connection was lost is gone, and no new connection may be opened in
+        the middle of it.
         """
         if self.connection is not None:
             return super().ensure_connection()
@@ -158,7 +176,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             except OperationalError as exc:
                 cause = exc.__cause__ or exc
                 self._drop_half_open_connection()
-                failures = self._report_failed_attempt(cause, attempt)
+                failures = self._report_failed_attempt(cause, attempt, policy)
                 elapsed = time.monotonic() - started
                 if errors.connect_error_is_permanent(cause):
                     raise self._connect_error(
@@ -199,9 +217,11 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             self.connection = None
             self.server = None
 
-    def _report_failed_attempt(self, cause: BaseException, attempt: int) -> list:
+    def _report_failed_attempt(
+        self, cause: BaseException, attempt: int, policy: FailoverPolicy
+    ) -> list[HostFailure]:
         failures = errors.host_failures(cause)
-        host_status.record_failures(failures, self.failover_policy.host_recheck)
+        host_status.record_failures(failures, policy.host_recheck)
         for failure in failures:
             logger.debug(
                 "database alias %r: attempt %d: %s failed: %s",
@@ -221,12 +241,11 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         return failures
 
     def _report_connected(self, attempts: int, elapsed: float) -> None:
-        if self.server is None:  # a connection made by something other than connect()
+        if self.server is None:  # not connected through get_new_connection()
             return
         role = errors.server_role(self.connection)
-        level = logging.INFO if attempts > 1 else logging.DEBUG
         logger.log(
-            level,
+            logging.INFO if attempts > 1 else logging.DEBUG,
             "database alias %r: connected to %s (%s) after %d attempt(s) in %.2fs",
             self.alias,
             self.server,
@@ -247,7 +266,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def _connect_error(
         self,
         cause: BaseException,
-        failures: list,
+        failures: list[HostFailure],
         attempts: int,
         elapsed: float,
         outcome: str,
@@ -266,9 +285,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def on_driver_error(self, exc: BaseException) -> None:
         """Close a connection that the error shows dead or demoted.
 
-        The error still reaches the caller; nothing is re-run. Outside an
-        atomic block the next database use reconnects; inside, Django refuses
-        to until the block exits (the server rolled the transaction back).
+        The error still reaches the caller; nothing is re-run here. Outside an
+        atomic block the next database use reconnects; inside, no new
+        connection opens until the block exits (the server rolled back).
         """
         if self.connection is None:
             return
@@ -280,18 +299,20 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         server, in_atomic_block = self.server, self.in_atomic_block
         if server is not None:
             host_status.record_lost(server, not lost, self.failover_policy.host_recheck)
+        first_line = next(iter(str(exc).strip().splitlines()), "")
         logger.warning(
             "database alias %r: connection to %s %s (%s: %s); %s",
             self.alias,
             server,
             "lost" if lost else "turned read-only",
             type(exc).__name__,
-            str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+            first_line,
             "the transaction is lost" if in_atomic_block else "the next query reconnects",
         )
         with suppress(errors.Database.Error, DjangoDatabaseError):
             self.close()
         self.server = None
+        self._lost_error = exc if lost else None
         signals.connection_lost.send(
             sender=self.__class__,
             alias=self.alias,
@@ -299,4 +320,29 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             port=server.port if server else None,
             error=exc,
             in_atomic_block=in_atomic_block,
+        )
+
+    # -- retrying reads -------------------------------------------------------------
+
+    def make_cursor(self, cursor: Any) -> Any:
+        if self._retry_reads:
+            return ReadRetryCursorWrapper(cursor, self)
+        return super().make_cursor(cursor)
+
+    def make_debug_cursor(self, cursor: Any) -> Any:
+        if self._retry_reads:
+            return ReadRetryCursorDebugWrapper(cursor, self)
+        return super().make_debug_cursor(cursor)
+
+    def may_retry_read(self, sql: Any, exc: OperationalError, raw_cursor: Any) -> bool:
+        """The rule of :mod:`.reads`: lost connection, autocommit, plain SELECT."""
+        return (
+            self._retry_reads
+            and exc.__cause__ is not None
+            and exc.__cause__ is self._lost_error
+            and self.connection is None
+            and not self.in_atomic_block
+            and self.autocommit
+            and getattr(raw_cursor, "name", None) is None
+            and is_retryable_read(sql)
         )
