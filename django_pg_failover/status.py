@@ -52,18 +52,22 @@ _WANTS_STANDBY = frozenset({"read-only", "standby", "prefer-standby"})
 
 
 def _rank(record: HostRecord | None, target_session_attrs: str) -> int:
-    """0: known good for the wanted role; 1: unknown; 2: wrong role; 3: down."""
+    """0: a candidate (unknown, or known to have the wanted role); 1: wrong role; 2: down.
+
+    Known-good and unknown hosts rank alike (as in pgjdbc): the listed order,
+    or the load-balancing shuffle, decides among candidates.
+    """
     if record is None:
-        return 1
+        return 0
     state = record.state
     if state is HostState.DOWN:
-        return 3
+        return 2
     if state is HostState.SKIPPED:
-        return 2 if record.target_session_attrs == target_session_attrs else 1
+        return 1 if record.target_session_attrs == target_session_attrs else 0
     if target_session_attrs in _WANTS_PRIMARY:
-        return 0 if state is HostState.PRIMARY else 2
+        return 0 if state is HostState.PRIMARY else 1
     if target_session_attrs in _WANTS_STANDBY:
-        return 0 if state is HostState.STANDBY else 2
+        return 0 if state is HostState.STANDBY else 1
     return 0
 
 
@@ -91,7 +95,7 @@ class HostStatus:
         target_session_attrs: str,
         shuffle: bool = False,
     ) -> tuple[Host, ...]:
-        """Hosts known good for the role first, unknown next, known bad last.
+        """Candidates (unknown or of the wanted role) first, wrong role next, down last.
 
         ``shuffle`` (``load_balance_hosts=random``) spreads connections over
         hosts of equal standing.

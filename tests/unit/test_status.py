@@ -44,15 +44,15 @@ def test_down_host_goes_last_and_comes_back_after_recheck(status, clock) -> None
     assert status.order([A, B, C], "read-write") == (A, B, C)
 
 
-def test_known_primary_first_for_writers_known_standby_first_for_readers(status) -> None:
+def test_wrong_role_goes_after_the_candidates(status) -> None:
     status.record_connected([A, B, C], C, "primary", "read-write", recheck=10)
     status.record_failures([HostFailure("a", 1, "session is read-only")], recheck=10)
     # b was skipped by a read-write connection: it is down or a standby.
     assert status.snapshot()[B].state is HostState.SKIPPED
     assert status.order([A, B, C], "read-write") == (C, A, B)
     assert status.order([A, B, C], "prefer-standby") == (A, B, C)
-    assert status.order([C, B, A], "standby") == (A, B, C)
-    assert status.order([A, B, C], "any") == (A, C, B)
+    assert status.order([C, B, A], "standby") == (B, A, C)
+    assert status.order([A, B, C], "any") == (A, B, C)
 
 
 def test_all_bad_still_tries_every_host(status) -> None:
