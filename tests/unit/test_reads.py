@@ -10,7 +10,10 @@ from django_pg_failover.reads import is_retryable_read
 @pytest.mark.parametrize(
     "sql",
     [
-        'SELECT "shop_order"."id", "shop_order"."key" FROM "shop_order" WHERE "shop_order"."key" = %s',
+        (
+            'SELECT "shop_order"."id", "shop_order"."key" FROM "shop_order" '
+            'WHERE "shop_order"."key" = %s'
+        ),
         "select count(*) from shop_order",
         "  SELECT 1",
         "SELECT upper(key), coalesce(amount, 0) FROM shop_order ORDER BY id LIMIT 21",
