@@ -149,13 +149,13 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         )
         return connection
 
-    @async_unsafe
     def ensure_connection(self) -> None:
         """Connect if needed, retrying with backoff while no suitable server answers.
 
         Inside an atomic block there is no retry: a transaction whose
         connection was lost is gone, and no new connection may be opened in
-        the middle of it.
+        the middle of it. (Not decorated with ``async_unsafe``: Django's own
+        method, called on every path, already is, and this runs per query.)
         """
         if self.connection is not None:
             return super().ensure_connection()

@@ -1,0 +1,330 @@
+"""Benchmark django_pg_failover against Django's stock PostgreSQL backend on a real lab.
+
+    python -m tests.benchmarks [--rounds 15] [--pg-version 18]
+
+Both backends run in the same process against the same lab, interleaved
+(the side that runs first alternates every round). Loopback timings here are
+noisy, so times are compared as ratios (ours / stock): for the steady-state
+scenarios, the ratio of each side's best round (as timeit reports) with the
+median and spread of the per-round ratios beside it. Prints a table, then one
+JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from django_pg_failover.lab import Cluster, find_install
+
+from . import django_setup
+
+SIDES = ("stock", "ours")
+
+
+# -- steady state -----------------------------------------------------------------------
+
+
+def time_rounds(work: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {side: [] for side in SIDES}
+    for n in range(rounds):
+        order = SIDES if n % 2 == 0 else SIDES[::-1]
+        for side in order:
+            started = time.perf_counter()
+            work[side]()
+            times[side].append(time.perf_counter() - started)
+    return times
+
+
+def summarise(times: dict[str, list[float]]) -> dict[str, float]:
+    per_round = [o / s for o, s in zip(times["ours"], times["stock"], strict=True)]
+    return {
+        "stock": min(times["stock"]),
+        "ours": min(times["ours"]),
+        "ratio": min(times["ours"]) / min(times["stock"]),
+        "median": statistics.median(per_round),
+        "low": min(per_round),
+        "high": max(per_round),
+    }
+
+
+def orm_queries(alias: str, pk: int, count: int) -> Callable[[], None]:
+    from shop.models import Order
+
+    manager = Order.objects.using(alias)
+
+    def run() -> None:
+        for _ in range(count):
+            manager.get(pk=pk)
+
+    return run
+
+
+def connects(alias: str, count: int) -> Callable[[], None]:
+    from django.db import connections
+
+    def run() -> None:
+        for _ in range(count):
+            connection = connections[alias]
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            connection.close()
+
+    return run
+
+
+# -- a hung first host ------------------------------------------------------------------------
+
+
+def hung_first_host(cluster: Cluster, count: int) -> dict[str, float]:
+    from django.db import connections
+
+    from django_pg_failover.status import host_status
+
+    hung, primary, other = cluster.standbys[0], cluster.primary, cluster.standbys[1]
+    order = [hung, primary, other]
+    django_setup.set_alias("ours", django_setup.ours(cluster, order))
+    django_setup.set_alias("stock", django_setup.stock(cluster, order))
+    host_status.clear()
+    cluster.hang(hung, include_sessions=False)
+    totals = {}
+    try:
+        for side in SIDES[::-1]:
+            started = time.perf_counter()
+            for _ in range(count):
+                connection = connections[side]
+                connection.ensure_connection()
+                assert connection.connection.info.port == primary.port
+                connection.close()
+            totals[side] = time.perf_counter() - started
+    finally:
+        cluster.resume(hung)
+    return {**totals, "ratio": totals["ours"] / totals["stock"]}
+
+
+# -- failover under load --------------------------------------------------------------------
+
+
+@dataclass
+class Unit:
+    started: float
+    ended: float
+    ok: bool
+    write_done: float | None = None
+
+
+@dataclass
+class Load:
+    alias: str
+    units: list[Unit] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def worker(self, stop: threading.Event) -> None:
+        from django.core.signals import request_finished, request_started
+        from django.db import Error
+
+        from shop.models import Order
+
+        orders = Order.objects.using(self.alias)
+        while not stop.is_set():
+            started = time.monotonic()
+            write_done = None
+            request_started.send(sender=None)
+            try:
+                orders.filter(key="seed").exists()
+                orders.count()
+                orders.create(key=uuid.uuid4().hex)
+                write_done = time.monotonic()
+                ok = True
+            except Error:
+                ok = False
+            finally:
+                request_finished.send(sender=None)
+            with self.lock:
+                self.units.append(Unit(started, time.monotonic(), ok, write_done))
+            time.sleep(0.01)  # think time, the same for both sides
+
+
+def failover_under_load(cluster: Cluster, threads: int, promote_delay: float) -> dict:
+    django_setup.set_alias("ours", django_setup.ours(cluster))
+    django_setup.set_alias("stock", django_setup.stock(cluster))
+    loads = {side: Load(side) for side in SIDES}
+    stop = threading.Event()
+    workers = [
+        threading.Thread(target=loads[side].worker, args=(stop,))
+        for side in SIDES
+        for _ in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.0)
+    crashed = time.monotonic()
+    cluster.crash(cluster.primary)
+    time.sleep(promote_delay)
+    cluster.promote()
+    promoted = time.monotonic()
+    time.sleep(2.0)
+    stop.set()
+    for worker in workers:
+        worker.join(60)
+    cluster.follow()
+
+    result = {}
+    for side, load in loads.items():
+        after = [u for u in load.units if u.started >= crashed]
+        in_flight = [u for u in load.units if u.started < crashed < u.ended]
+        writes = [u.write_done for u in load.units if u.write_done and u.write_done >= promoted]
+        result[side] = {
+            "units": len(load.units),
+            "failed_after_crash": sum(not u.ok for u in after),
+            "failed_in_flight": sum(not u.ok for u in in_flight),
+            "first_write_after_promotion_s": (min(writes) - promoted) if writes else None,
+        }
+    return result
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+def peak_rss(side: str, cluster: Cluster) -> float:
+    """Peak RSS (MiB) of a fresh process running scenarios 1 and 2 on one backend."""
+    probe = subprocess.run(
+        [sys.executable, "-m", "tests.benchmarks", "--rss-probe", side, "--lab", str(cluster.root)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    return float(probe.stdout.strip().splitlines()[-1])
+
+
+def rss_probe(side: str, lab: str) -> None:
+    cluster = Cluster.load(lab)
+    database = django_setup.ours(cluster) if side == "ours" else django_setup.stock(cluster)
+    django_setup.configure({"ours": database, "stock": database})
+    from shop.models import Order
+
+    pk = Order.objects.using("ours").get(key="seed").pk
+    orm_queries("ours", pk, 2000)()
+    connects("ours", 50)()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--pg-version", type=int)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--rss-probe", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--lab", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_probe:
+        rss_probe(args.rss_probe, args.lab)
+        return 0
+
+    install = find_install(args.pg_version)
+    print(f"PostgreSQL {install.major} ({install.source}); building the lab...", flush=True)
+    with Cluster.create(install=install) as cluster:
+        django_setup.configure(
+            {"ours": django_setup.ours(cluster), "stock": django_setup.stock(cluster)}
+        )
+        from django.core.management import call_command
+        from django.db import connections
+
+        from shop.models import Order
+
+        call_command("migrate", database="ours", verbosity=0)
+        pk = Order.objects.using("ours").create(key="seed").pk
+        cluster.wait_replayed()
+        connections.close_all()
+        cluster.snapshot()  # restarts the servers; reset() comes back to this state
+
+        print("1/5 ORM get() x2000 ...", flush=True)
+        queries = summarise(time_rounds({s: orm_queries(s, pk, 2000) for s in SIDES}, args.rounds))
+        print("2/5 connect + query + close x200 ...", flush=True)
+        connect = summarise(
+            time_rounds({s: connects(s, 200) for s in SIDES}, max(args.rounds // 3, 3))
+        )
+        print("3/5 hung first host, 20 new connections ...", flush=True)
+        hung = hung_first_host(cluster, 20)
+        print("4/5 failover under load ...", flush=True)
+        cluster.reset()
+        failover = failover_under_load(cluster, args.threads, promote_delay=1.0)
+        cluster.reset()
+        print("5/5 peak RSS ...", flush=True)
+        rss = {side: peak_rss(side, cluster) for side in SIDES}
+    rss["ratio"] = rss["ours"] / rss["stock"]
+
+    print_table(queries, connect, hung, failover, rss)
+    print(
+        json.dumps(
+            {
+                "orm_get_ratio": round(queries["ratio"], 3),
+                "connect_ratio": round(connect["ratio"], 3),
+                "hung_first_host_ratio": round(hung["ratio"], 3),
+                "peak_rss_ratio": round(rss["ratio"], 3),
+                "failover": failover,
+                "postgresql": install.major,
+            }
+        )
+    )
+    return 0
+
+
+def print_table(queries, connect, hung, failover, rss) -> None:
+    def row(name: str, stock: str, ours: str, ratio: str) -> None:
+        print(f"{name:<44}{stock:>12}{ours:>12}  {ratio}")
+
+    print()
+    row("scenario", "stock", "ours", "ours/stock")
+    for name, result in (
+        ("1 ORM get() x2000, one connection (best)", queries),
+        ("2 connect + SELECT 1 + close x200 (best)", connect),
+    ):
+        row(
+            name,
+            f"{result['stock']:.3f}s",
+            f"{result['ours']:.3f}s",
+            f"{result['ratio']:.3f}  (per round: median {result['median']:.3f}, "
+            f"{result['low']:.2f}-{result['high']:.2f})",
+        )
+    row(
+        "3 hung first host, 20 new connections",
+        f"{hung['stock']:.2f}s",
+        f"{hung['ours']:.2f}s",
+        f"{hung['ratio']:.3f}",
+    )
+    for key, label in (
+        ("units", "4 failover under load: units run"),
+        ("failed_after_crash", "  failed, started after the crash"),
+        ("failed_in_flight", "  failed, in flight at the crash"),
+        ("first_write_after_promotion_s", "  first write after promotion (s)"),
+    ):
+        values = [failover[side][key] for side in SIDES]
+        row(
+            label,
+            *(
+                ("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v))
+                for v in values
+            ),
+            "",
+        )
+    row("peak RSS (MiB)", f"{rss['stock']:.1f}", f"{rss['ours']:.1f}", f"{rss['ratio']:.3f}")
+    print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
