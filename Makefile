@@ -25,4 +25,4 @@ bench: venv
 	$(PY) -m tests.benchmarks
 
 demo: venv
-	$(PY) -m django_pg_failover.lab start
+	$(PY) testproject/demo.py
