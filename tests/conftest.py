@@ -48,17 +48,19 @@ def cluster(lab: Cluster, pg_cluster: Cluster, django_db_blocker) -> Iterator[Cl
 
 @pytest.fixture
 def make_alias(cluster: Cluster) -> Iterator[Callable[..., str]]:
-    """Register a temporary database alias on the lab: ``make_alias(HOST=..., OPTIONS=...)``."""
+    """Register a temporary alias: ``make_alias(HOST=..., OPTIONS=..., lab=other_cluster)``."""
     created: list[str] = []
 
-    def make(engine: str = "django_pg_failover", **overrides: Any) -> str:
+    def make(
+        engine: str = "django_pg_failover", lab: Cluster | None = None, **overrides: Any
+    ) -> str:
         # Unique for the session: threads that outlive a test (asgiref's executor)
         # keep their own connection per alias name.
         alias = f"lab_{next(_alias_numbers)}"
         options = {**FAST, **overrides.pop("OPTIONS", {})}
         if engine != "django_pg_failover":
             options.pop("failover", None)
-        settings = cluster.django_database(OPTIONS=options, ENGINE=engine, **overrides)
+        settings = (lab or cluster).django_database(OPTIONS=options, ENGINE=engine, **overrides)
         connections.settings[alias] = connections.configure_settings(
             {"default": {}, alias: settings}
         )[alias]
@@ -72,6 +74,12 @@ def make_alias(cluster: Cluster) -> Iterator[Callable[..., str]]:
         with suppress(AttributeError):
             del connections[alias]
         connections.settings.pop(alias, None)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("soak", "chaos soak")
+    group.addoption("--soak-seconds", type=float, default=0.0, help="run the soak this long")
+    group.addoption("--soak-seed", type=int, default=None, help="replay a soak run")
 
 
 @pytest.fixture
