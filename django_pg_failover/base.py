@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -53,8 +54,9 @@ from .client import DatabaseClient
 from .conf import FailoverSettings
 from .creation import DatabaseCreation
 from .errors import HostFailure
+from .exceptions import SettingsError
 from .hosts import Host, hosts_from_libpq_params, libpq_host_params
-from .options import DEFAULT_CONNECT_TIMEOUT, WRITABLE_SESSION_ATTRS
+from .options import DEFAULT_CONNECT_TIMEOUT, OPTIONS_CHECK, WRITABLE_SESSION_ATTRS
 from .policy import FailoverPolicy
 from .reads import (
     ReadRetryCursorDebugWrapper,
@@ -103,10 +105,25 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         key = repr((settings_dict["HOST"], settings_dict["PORT"], settings_dict["OPTIONS"]))
         if key != self._settings_key:
             self._settings = FailoverSettings.from_settings_dict(
-                settings_dict, self.alias, errors.libpq_version()
+                settings_dict, self.alias, errors.libpq_version(), errors.is_libpq_keyword
             )
             self._settings_key = key
         return self._settings
+
+    if hasattr(postgresql.DatabaseWrapper, "pool"):  # Django 5.1+
+
+        @property
+        def pool(self) -> Any:
+            # Django reads OPTIONS here first (before any connect): name the alias
+            # instead of failing with AttributeError when OPTIONS is not a dict.
+            if not isinstance(self.settings_dict["OPTIONS"], Mapping):
+                raise SettingsError(
+                    self.alias,
+                    ("OPTIONS",),
+                    f"{self.settings_dict['OPTIONS']!r} is not a dict",
+                    OPTIONS_CHECK,
+                )
+            return super().pool
 
     @property
     def failover_policy(self) -> FailoverPolicy:

@@ -58,10 +58,13 @@ def _alias_problems(
     options = db.get("OPTIONS") or {}
     validators: list[Callable[[], object]] = [
         lambda: parse_hosts(db.get("HOST", ""), db.get("PORT", ""), alias),
-        lambda: FailoverPolicy.from_options(options.get("failover"), alias),
     ]
     if libpq_version is not None:
-        validators.append(lambda: validate_options(options, libpq_version, alias))
+        from .errors import is_libpq_keyword
+
+        validators.append(lambda: validate_options(options, libpq_version, alias, is_libpq_keyword))
+    if isinstance(options, Mapping):
+        validators.append(lambda: FailoverPolicy.from_options(options.get("failover"), alias))
     messages: list[checks.CheckMessage] = []
     for validate in validators:
         try:

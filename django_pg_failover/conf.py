@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +19,15 @@ class FailoverSettings:
 
     @classmethod
     def from_settings_dict(
-        cls, settings_dict: Mapping[str, Any], alias: str | None, libpq_version: int
+        cls,
+        settings_dict: Mapping[str, Any],
+        alias: str | None,
+        libpq_version: int,
+        is_libpq_keyword: Callable[[str], bool] | None = None,
     ) -> FailoverSettings:
         """Validate HOST, PORT and OPTIONS; raise SettingsError naming the alias."""
         options = settings_dict["OPTIONS"]
         hosts = parse_hosts(settings_dict["HOST"], settings_dict["PORT"], alias)
+        validate_options(options, libpq_version, alias, is_libpq_keyword)
         policy = FailoverPolicy.from_options(options.get("failover"), alias)
-        validate_options(options, libpq_version, alias)
         return cls(hosts, target_session_attrs(options), policy)

@@ -6,6 +6,7 @@ package looks at driver exception types or SQLSTATEs.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,16 @@ _HOST_LINE = re.compile(
     r'|on socket "(?P<socket>[^"]*)") failed: (?P<reason>.*)$'
 )
 _SOCKET_FILE = re.compile(r"^(?P<folder>.*)/\.s\.PGSQL\.(?P<port>\d+)$")
+
+
+@functools.lru_cache(maxsize=256)
+def is_libpq_keyword(key: str) -> bool:
+    """Whether libpq knows this connection keyword (asks libpq's own parser)."""
+    try:
+        psycopg2.extensions.parse_dsn(psycopg2.extensions.make_dsn(**{key: "x"}))
+    except psycopg2.ProgrammingError:
+        return False
+    return True
 
 
 def libpq_version() -> int:

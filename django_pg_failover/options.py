@@ -6,7 +6,7 @@ backend.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .exceptions import SettingsError
@@ -26,6 +26,20 @@ WRITABLE_SESSION_ATTRS = frozenset({"read-write", "primary"})
 # The backend shuffles the hosts itself (libpq 16's own shuffle would undo the
 # status ordering), so "random" works with any libpq.
 LOAD_BALANCE_HOSTS = ("disable", "random")
+# OPTIONS keys that are not libpq's: ours, Django's, and psycopg2's connect() arguments.
+NOT_LIBPQ_KEYWORDS = frozenset(
+    {
+        "failover",
+        "isolation_level",
+        "assume_role",
+        "server_side_binding",
+        "pool",
+        "cursor_factory",
+        "connection_factory",
+        "async",
+        "async_",
+    }
+)
 
 
 def target_session_attrs(options: Mapping[str, Any]) -> str:
@@ -33,10 +47,27 @@ def target_session_attrs(options: Mapping[str, Any]) -> str:
 
 
 def validate_options(
-    options: Mapping[str, Any], libpq_version: int, alias: str | None = None
+    options: Mapping[str, Any],
+    libpq_version: int,
+    alias: str | None = None,
+    is_libpq_keyword: Callable[[str], bool] | None = None,
 ) -> None:
-    """Check the options whose bad values libpq would report obscurely, or never."""
+    """Check the options whose bad values libpq would report obscurely, or never.
+
+    ``is_libpq_keyword`` (the driver's knowledge of libpq) catches misspelt keys.
+    """
     keys = ("OPTIONS",)
+    if not isinstance(options, Mapping):
+        raise SettingsError(alias, keys, f"{options!r} is not a dict", OPTIONS_CHECK)
+    if is_libpq_keyword is not None:
+        for key in options:
+            if key not in NOT_LIBPQ_KEYWORDS and not is_libpq_keyword(str(key)):
+                raise SettingsError(
+                    alias,
+                    (*keys, str(key)),
+                    "libpq has no such connection option (misspelt?)",
+                    OPTIONS_CHECK,
+                )
     tsa = target_session_attrs(options)
     if tsa not in TARGET_SESSION_ATTRS:
         raise SettingsError(
