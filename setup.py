@@ -19,6 +19,8 @@ TEST = [
     "pytest-timeout>=2.3",
     "hypothesis>=6.100",
     "ruff==0.14.*",
+    "build>=1.2",
+    "nox>=2024.4",
 ]
 DOCS = ["sphinx>=7"]
 
@@ -32,6 +34,8 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
+    url="https://github.com/django-pg-failover/django-pg-failover",
+    project_urls={"Documentation": "https://django-pg-failover.readthedocs.io/"},
     packages=find_packages(include=["django_pg_failover", "django_pg_failover.*"]),
     include_package_data=True,
     python_requires=">=3.10",

@@ -249,12 +249,16 @@ class Node:
             raise LabError(f"{self.name} did not finish promotion within {timeout}s")
 
     def wal_position(self) -> int:
-        """Bytes of WAL written (primary) or received (standby) so far."""
+        """Bytes of WAL inserted (primary) or received (standby) so far.
+
+        The insert position, not the write position: a commit may sit in the WAL
+        buffers a moment, and waiting for replay must include it.
+        """
         return int(
             self.scalar(
                 "SELECT pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() "
                 "THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) "
-                "ELSE pg_current_wal_lsn() END, '0/0')"
+                "ELSE pg_current_wal_insert_lsn() END, '0/0')"
             )
         )
 
