@@ -1,0 +1,81 @@
+"""The wheel and the sdist build, install in a fresh virtualenv, and work there."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import django_pg_failover
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMOKE = textwrap.dedent(
+    """
+    import importlib.metadata, subprocess, sys
+    import django
+    from django.conf import settings
+    import django_pg_failover
+
+    settings.configure(
+        INSTALLED_APPS=["django_pg_failover"],
+        DATABASES={"default": {"ENGINE": "django_pg_failover", "NAME": "app",
+                               "HOST": ["db1", "[::1]:5433"], "PASSWORD": "x"}},
+    )
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+    params = connection.get_connection_params()
+    assert params["host"] == "db1,::1" and params["port"] == "5432,5433", params
+    assert params["target_session_attrs"] == "read-write"
+    call_command("check")
+    plugins = [e.value for e in importlib.metadata.entry_points(group="pytest11")]
+    assert "django_pg_failover.lab.pytest_plugin" in plugins, plugins
+    lab = subprocess.run([sys.executable, "-m", "django_pg_failover.lab", "--help"],
+                         capture_output=True, text=True, check=True)
+    assert "start" in lab.stdout
+    print("version", django_pg_failover.__version__)
+    """
+)
+
+
+def run(*args: str | Path, cwd: Path = ROOT) -> str:
+    result = subprocess.run(
+        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.timeout(900)
+def test_wheel_and_sdist_install_and_work_in_a_fresh_venv(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    run(sys.executable, "-m", "build", "--outdir", dist, ROOT)
+    version = django_pg_failover.__version__
+    wheel = dist / f"django_pg_failover-{version}-py3-none-any.whl"
+    sdist = dist / f"django_pg_failover-{version}.tar.gz"
+    assert sorted(p.name for p in dist.iterdir()) == sorted([wheel.name, sdist.name])
+
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(f"django_pg_failover-{version}.dist-info/METADATA").decode()
+    assert all(n.startswith(("django_pg_failover/", "django_pg_failover-")) for n in names)
+    assert "django_pg_failover/lab/pytest_plugin.py" in names
+    assert "Description-Content-Type: text/markdown" in metadata
+    assert "# django-pg-failover" in metadata  # the README is the long description
+    assert "Requires-Python: >=3.10" in metadata
+
+    for artifact in (wheel, sdist):
+        venv = tmp_path / f"venv-{artifact.suffixes[-1].strip('.')}"
+        run(sys.executable, "-m", "venv", venv)
+        python = venv / "bin" / "python"
+        run(python, "-m", "pip", "install", "--quiet", f"{artifact}[binary]")
+        out = run(python, "-c", SMOKE, cwd=tmp_path)
+        assert out.splitlines() == [
+            "System check identified no issues (0 silenced).",
+            f"version {version}",
+        ]
