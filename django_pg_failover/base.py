@@ -91,6 +91,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         # Copied from the policy at connect time: read on every cursor.
         self._retry_reads = False
         self._lost_error: BaseException | None = None
+        #: The connection was lost with autocommit off (outside atomic blocks):
+        #: its transaction is gone, and no new connection opens in its place until
+        #: the code says how to go on (``set_autocommit()``), or the request ends.
+        self.transaction_lost = False
 
     @cached_property
     def wrap_database_errors(self) -> FailoverErrorWrapper:
@@ -181,6 +185,12 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 # Django 5.1+ says the same; 4.2 would silently reconnect.
                 raise ProgrammingError("Cannot open a new connection in an atomic block.")
             return super().ensure_connection()
+        if self.transaction_lost:
+            raise ProgrammingError(
+                f"database alias {self.alias!r}: the connection was lost while autocommit "
+                "was off, and the transaction with it. Call set_autocommit() to choose the "
+                "mode of the next connection."
+            )
 
         policy = self.failover_policy
         started = time.monotonic()
@@ -196,6 +206,12 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 failures = self._report_failed_attempt(cause, attempt, policy)
                 elapsed = time.monotonic() - started
                 if errors.connect_error_is_permanent(cause):
+                    logger.error(
+                        "database alias %r: connection refused for good (%s), not retried",
+                        self.alias,
+                        "; ".join(f"{f.address} {f.reason}" for f in failures)
+                        or type(cause).__name__,
+                    )
                     raise self._connect_error(
                         cause, failures, attempt, elapsed, "not retried: waiting will not fix it"
                     ) from cause
@@ -310,26 +326,41 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return
         lost = errors.connection_lost(exc, self.connection)
         if not lost and not (
-            errors.server_read_only(exc) and self.target_session_attrs in WRITABLE_SESSION_ATTRS
+            self.target_session_attrs in WRITABLE_SESSION_ATTRS
+            and errors.server_read_only(exc)
+            and errors.server_demoted(self.connection)
         ):
             return
+        self._report_lost(exc, demoted=not lost)
+        in_atomic_block = self.in_atomic_block
+        with suppress(errors.Database.Error, DjangoDatabaseError):
+            self.close()
+        if in_atomic_block:
+            # Django keeps the dead connection until the outermost block exits;
+            # dropping it now makes the next query in the block fail at once with
+            # "Cannot open a new connection in an atomic block".
+            self.connection = None
+        elif not self.autocommit:
+            self.transaction_lost = True
+        self._lost_error = exc if lost else None
+
+    def _report_lost(self, exc: BaseException, demoted: bool) -> None:
         server, in_atomic_block = self.server, self.in_atomic_block
         if server is not None:
-            host_status.record_lost(server, not lost, self.failover_policy.host_recheck)
+            host_status.record_lost(server, demoted, self.failover_policy.host_recheck)
         first_line = next(iter(str(exc).strip().splitlines()), "")
         logger.warning(
             "database alias %r: connection to %s %s (%s: %s); %s",
             self.alias,
             server,
-            "lost" if lost else "turned read-only",
+            "turned read-only" if demoted else "lost",
             type(exc).__name__,
             first_line,
-            "the transaction is lost" if in_atomic_block else "the next query reconnects",
+            "the transaction is lost"
+            if in_atomic_block or not self.autocommit
+            else "the next query reconnects",
         )
-        with suppress(errors.Database.Error, DjangoDatabaseError):
-            self.close()
         self.server = None
-        self._lost_error = exc if lost else None
         signals.connection_lost.send(
             sender=self.__class__,
             alias=self.alias,
@@ -338,6 +369,27 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             error=exc,
             in_atomic_block=in_atomic_block,
         )
+
+    def is_usable(self) -> bool:
+        # Django's health checks (CONN_HEALTH_CHECKS, and after errors) close a
+        # connection that fails this; report the loss like any other.
+        usable = super().is_usable()
+        if not usable and self.connection is not None:
+            self._report_lost(errors.Database.OperationalError("health check failed"), False)
+        return usable
+
+    def close(self) -> None:
+        self.transaction_lost = False
+        super().close()
+
+    def close_if_unusable_or_obsolete(self) -> None:
+        # A request boundary: a transaction lost in the last request is its business.
+        self.transaction_lost = False
+        super().close_if_unusable_or_obsolete()
+
+    def set_autocommit(self, autocommit: bool, *args: Any, **kwargs: Any) -> None:
+        self.transaction_lost = False  # the code has chosen how to go on
+        super().set_autocommit(autocommit, *args, **kwargs)
 
     # -- retrying reads -------------------------------------------------------------
 

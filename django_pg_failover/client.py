@@ -39,11 +39,7 @@ class DatabaseClient(PostgresDatabaseClient):
     def runshell(self, parameters: list[str]) -> None:
         # Bad settings: one line naming the alias, before psql starts.
         try:
-            parse_hosts(
-                self.connection.settings_dict["HOST"],
-                self.connection.settings_dict["PORT"],
-                self.connection.alias,
-            )
+            self.connection.failover_settings  # noqa: B018 - validates every setting
         except SettingsError as exc:
             raise CommandError(str(exc)) from exc
         super().runshell(parameters)

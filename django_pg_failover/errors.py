@@ -43,6 +43,9 @@ _HOST_LINE = re.compile(
     r'^connection to server (?:at "(?P<host>[^"]*)"(?: \([^)]*\))?, port (?P<port>\d+)'
     r'|on socket "(?P<socket>[^"]*)") failed: (?P<reason>.*)$'
 )
+_UNRESOLVED = re.compile(
+    r'^could not translate host name "(?P<host>[^"]*)" to address: (?P<reason>.*)$'
+)
 _SOCKET_FILE = re.compile(r"^(?P<folder>.*)/\.s\.PGSQL\.(?P<port>\d+)$")
 
 
@@ -83,6 +86,20 @@ def server_read_only(exc: BaseException) -> bool:
     return sqlstate(exc) == READ_ONLY_SQL_TRANSACTION
 
 
+def server_demoted(connection: Any) -> bool:
+    """After a read-only error: is the server itself read-only now (not just this transaction)?
+
+    Servers 14+ report both settings to the client as they change, so this costs
+    no round trip. Older servers report neither: count the error as a demotion.
+    """
+    info = connection.info
+    hot_standby = info.parameter_status("in_hot_standby")
+    read_only = info.parameter_status("default_transaction_read_only")
+    if hot_standby is None and read_only is None:
+        return True
+    return hot_standby == "on" or read_only == "on"
+
+
 def connect_error_is_permanent(exc: BaseException) -> bool:
     """True when connecting failed for a reason that retrying will not heal."""
     code = sqlstate(exc)
@@ -113,6 +130,11 @@ def host_failures(exc: BaseException) -> list[HostFailure]:
     """Split libpq's connect error into one failure per host, as libpq lists them."""
     failures: list[HostFailure] = []
     for line in str(exc).splitlines():
+        unresolved = _UNRESOLVED.match(line)
+        if unresolved:
+            reason = f"could not resolve: {unresolved.group('reason').strip()}"
+            failures.append(HostFailure(unresolved.group("host"), None, reason))
+            continue
         match = _HOST_LINE.match(line)
         if not match:
             continue

@@ -13,7 +13,7 @@ class SettingsError(ImproperlyConfigured):
     """
 
     def __init__(
-        self, alias: str | None, keys: tuple[str, ...], problem: str, check_id: str
+        self, alias: str | None, keys: tuple[str | int, ...], problem: str, check_id: str
     ) -> None:
         path = "".join(f"[{key!r}]" for key in keys)
         where = f"DATABASES[{alias!r}]{path}" if alias is not None else f"DATABASES[...]{path}"

@@ -49,11 +49,11 @@ class Host:
         return f"{self.host}:{self.port}"
 
 
-def _problem(alias: str | None, keys: tuple[str, ...], message: str, check_id: str):
+def _problem(alias: str | None, keys: tuple[str | int, ...], message: str, check_id: str):
     return SettingsError(alias, keys, message, check_id)
 
 
-def _port(value: Any, alias: str | None, keys: tuple[str, ...]) -> int:
+def _port(value: Any, alias: str | None, keys: tuple[str | int, ...]) -> int:
     """A port from an int or a numeric string, within 1..65535."""
     if isinstance(value, bool):
         raise _problem(alias, keys, f"{value!r} is not a port number", PORT_CHECK)
@@ -69,7 +69,9 @@ def _port(value: Any, alias: str | None, keys: tuple[str, ...]) -> int:
     return value
 
 
-def _split_entry(entry: str, alias: str | None, keys: tuple[str, ...]) -> tuple[str, str | None]:
+def _split_entry(
+    entry: str, alias: str | None, keys: tuple[str | int, ...]
+) -> tuple[str, str | None]:
     """``"host:port"`` and friends into (host, port text or None)."""
     if entry.startswith("/"):
         if "," in entry:
@@ -90,7 +92,7 @@ def _split_entry(entry: str, alias: str | None, keys: tuple[str, ...]) -> tuple[
     return host, (port if ":" in entry else None)
 
 
-def _ipv6(address: str, entry: str, alias: str | None, keys: tuple[str, ...]) -> str:
+def _ipv6(address: str, entry: str, alias: str | None, keys: tuple[str | int, ...]) -> str:
     try:
         return str(ipaddress.IPv6Address(address))
     except ValueError:
@@ -129,21 +131,20 @@ def _entries(host_setting: Any, alias: str | None) -> list[Any]:
 
 def _port_list(port_setting: Any, count: int, alias: str | None) -> list[int | None]:
     """One port (or None: not given) per host entry."""
-    keys = ("PORT",)
+    keys: tuple[str | int, ...] = ("PORT",)
     if port_setting is None or port_setting == "":
         return [None] * count
-    if isinstance(port_setting, (list, tuple)):
-        if len(port_setting) != count:
+    as_list = isinstance(port_setting, (list, tuple))
+    if as_list or (isinstance(port_setting, str) and "," in port_setting):
+        parts = list(port_setting) if as_list else port_setting.split(",")
+        if len(parts) != count:
             raise _problem(
                 alias,
                 keys,
-                f"{len(port_setting)} ports given for {count} hosts; give one port, "
-                "or one per host",
+                f"{len(parts)} ports given for {count} hosts; give one port, or one per host",
                 PORT_CHECK,
             )
-        return [_port(p, alias, (*keys, str(i))) for i, p in enumerate(port_setting)]
-    if isinstance(port_setting, str) and "," in port_setting:
-        return _port_list(port_setting.split(","), count, alias)
+        return [_port(p, alias, (*keys, i) if as_list else keys) for i, p in enumerate(parts)]
     return [_port(port_setting, alias, keys)] * count
 
 
@@ -158,7 +159,7 @@ def parse_hosts(
     )
     hosts: list[Host] = []
     for index, (entry, list_port) in enumerate(zip(entries, list_ports, strict=True)):
-        keys = ("HOST", str(index)) if not isinstance(host_setting, str) else ("HOST",)
+        keys = ("HOST", index) if not isinstance(host_setting, str) else ("HOST",)
         host, entry_port = _parse_entry(entry, index, alias, keys)
         if port_is_list and entry_port is not None and entry_port != list_port:
             raise _problem(
@@ -176,7 +177,7 @@ def parse_hosts(
 
 
 def _parse_entry(
-    entry: Any, index: int, alias: str | None, keys: tuple[str, ...]
+    entry: Any, index: int, alias: str | None, keys: tuple[str | int, ...]
 ) -> tuple[str, int | None]:
     if isinstance(entry, Mapping):
         unknown = set(entry) - {"host", "port"}
@@ -202,7 +203,8 @@ def _parse_entry(
         raise _problem(alias, keys, f"{entry!r} is not a host", HOST_CHECK)
     text = entry.strip()
     if not text:
-        raise _problem(alias, keys, f"entry {index + 1} is empty", HOST_CHECK)
+        where = "empty entry" if len(keys) > 1 else f"entry {index + 1} is empty"
+        raise _problem(alias, keys, where, HOST_CHECK)
     host, port_text = _split_entry(text, alias, keys)
     if port_text is None:
         return host, None

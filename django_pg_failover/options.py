@@ -30,6 +30,7 @@ LOAD_BALANCE_HOSTS = ("disable", "random")
 NOT_LIBPQ_KEYWORDS = frozenset(
     {
         "failover",
+        "load_balance_hosts",  # the backend's own shuffle; never given to libpq
         "isolation_level",
         "assume_role",
         "server_side_binding",

@@ -93,7 +93,7 @@ class FailoverPolicy:
         return ceiling * (0.5 + 0.5 * jitter())
 
 
-def _seconds(value: Any, alias: str | None, keys: tuple[str, ...]) -> float:
+def _seconds(value: Any, alias: str | None, keys: tuple[str | int, ...]) -> float:
     name = keys[-1]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SettingsError(alias, keys, f"{value!r} is not a number of seconds", FAILOVER_CHECK)

@@ -135,10 +135,12 @@ class HostStatus:
         """A connection reached ``landed``; the hosts listed before it were unusable."""
         if recheck <= 0:
             return
+        known = self.snapshot()
         for host in tried:
             if host == landed:
                 break
-            previous = self._records.get(host)
+            # A host known to be down stays down: "skipped" would rank it higher.
+            previous = known.get(host)
             if previous is None or previous.state is not HostState.DOWN:
                 self._record(host, HostState.SKIPPED, recheck, target_session_attrs)
         if role is None and target_session_attrs in _WANTS_PRIMARY:

@@ -583,6 +583,7 @@ class Cluster:
             )
         self._golden_primary = self._primary
         self._start_all()
+        self.save_state()
         self._dirty = False
 
     def reset(self) -> None:
@@ -619,6 +620,7 @@ class Cluster:
             "source": node0.install.source,
             "user": node0.user.name,
             "primary": self._primary,
+            "golden_primary": self._golden_primary,
             "synchronous": self.synchronous,
             "listen_addresses": node0.listen_addresses,
             "nodes": [{"name": n.name, "port": n.port} for n in self.nodes],
@@ -655,8 +657,7 @@ class Cluster:
         ]
         password = (root / PASSWORD_FILE).read_text()
         cluster = cls(root, nodes, state["primary"], password, state["synchronous"], True)
-        if (root / "golden").is_dir():
-            cluster._golden_primary = nodes[0].name
+        cluster._golden_primary = state.get("golden_primary")
         return cluster
 
     def close(self, remove: bool = True) -> None:

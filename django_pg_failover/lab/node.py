@@ -28,6 +28,18 @@ SUPERUSER = "postgres"
 LOOPBACK = "127.0.0.1"
 
 
+def driver():
+    """psycopg2, imported when first needed (loading the lab needs no driver)."""
+    try:
+        import psycopg2
+    except ImportError:
+        raise LabError(
+            "the lab talks to its servers with psycopg2: "
+            "pip install 'django-pg-failover[binary,lab]'"
+        ) from None
+    return psycopg2
+
+
 class State(enum.Enum):
     DOWN = "down"
     UP = "up"
@@ -126,8 +138,7 @@ class Node:
         wait_for(self._accepts_connections, timeout, f"{self.name} to accept connections")
 
     def _accepts_connections(self) -> bool:
-        import psycopg2
-
+        psycopg2 = driver()
         if self._proc is not None and self._proc.poll() is not None:
             raise LabError(
                 f"{self.name} exited with status {self._proc.returncode}:\n" + self.log_tail()
@@ -193,8 +204,10 @@ class Node:
     def hang(self, include_sessions: bool = True) -> None:
         """SIGSTOP the node: the kernel still accepts TCP connections, nobody answers.
 
-        With ``include_sessions`` every backend freezes too (a frozen VM); without,
-        only new connections hang and open sessions keep working.
+        With ``include_sessions`` every backend process freezes too (a server
+        that stopped answering; unlike a frozen VM, its kernel still completes
+        TCP handshakes and acknowledges data); without, only new connections
+        hang and open sessions keep working.
         """
         pid = self.pid
         if pid is None:
@@ -226,8 +239,7 @@ class Node:
 
     def connect(self, dbname: str = "postgres", autocommit: bool = True, **extra: Any):
         """A superuser psycopg2 connection straight to this node."""
-        import psycopg2
-
+        psycopg2 = driver()
         conn = psycopg2.connect(**self.dsn(dbname, **extra))
         conn.autocommit = autocommit
         return conn

@@ -21,7 +21,9 @@ from django.db import (
     transaction,
 )
 
+from django_pg_failover.hosts import Host
 from django_pg_failover.lab import Cluster
+from django_pg_failover.status import HostState, host_status
 from shop.models import Order
 
 pytestmark = pytest.mark.timeout(120)
@@ -191,7 +193,7 @@ def test_inside_atomic_no_reconnect_until_the_block_exits(cluster: Cluster, make
         with pytest.raises(OperationalError):
             create(alias, "doomed-2")
         started = time.monotonic()
-        with pytest.raises((ProgrammingError, InterfaceError)):
+        with pytest.raises(ProgrammingError, match="Cannot open a new connection in an atomic"):
             create(alias, "doomed-3")
         assert time.monotonic() - started < 0.5  # no waiting for a server either
     assert connections[alias].connection is None
@@ -233,10 +235,12 @@ def test_persistent_connection_across_failover(
     kept = connections[alias].connection
     in_request(lambda: create(alias))
     assert connections[alias].connection is kept  # persistent indeed
-    cluster.crash(cluster.primary)
+    old = cluster.crash(cluster.primary)
     new = cluster.promote()
     if health_checks:
         in_request(lambda: create(alias))  # the health check drops the dead connection first
+        # ...and the backend counts that as a lost connection like any other.
+        assert host_status.snapshot()[Host("127.0.0.1", old.port)].state is HostState.DOWN
     else:
         with pytest.raises(OperationalError):
             in_request(lambda: create(alias))
@@ -299,3 +303,58 @@ def test_async_orm_reconnects(cluster: Cluster, make_alias) -> None:
     assert error is OperationalError
     assert count == 2
     assert keys_on(cluster.primary, ["async-lost", "async-after"]) == ["async-after"]
+
+
+def test_loss_with_autocommit_off_is_not_hidden(cluster: Cluster, make_alias) -> None:
+    alias = make_alias()
+    transaction.set_autocommit(False, using=alias)
+    create(alias, "manual-1")
+    cluster.crash(cluster.primary)
+    new = cluster.promote()
+    with pytest.raises(OperationalError):
+        create(alias, "manual-2")
+    # No silent reconnect into autocommit: the transaction of manual-1 is gone.
+    with pytest.raises(ProgrammingError, match="lost while autocommit was off"):
+        create(alias, "manual-3")
+    transaction.set_autocommit(False, using=alias)  # the code decides how to go on
+    create(alias, "manual-4")
+    transaction.commit(using=alias)
+    transaction.set_autocommit(True, using=alias)
+    assert port_of(alias) == new.port
+    assert keys_on(new, ["manual-1", "manual-2", "manual-3", "manual-4"]) == ["manual-4"]
+
+
+def test_loss_with_autocommit_off_ends_with_the_request(cluster: Cluster, make_alias) -> None:
+    alias = make_alias()
+
+    def request() -> None:
+        transaction.set_autocommit(False, using=alias)
+        create(alias, "request-1")
+        cluster.crash(cluster.primary)
+        cluster.promote()
+        with pytest.raises(OperationalError):
+            create(alias, "request-2")
+
+    in_request(request)
+    in_request(lambda: create(alias, "next-request"))  # a new request starts afresh
+    assert keys_on(cluster.primary, ["request-1", "request-2", "next-request"]) == ["next-request"]
+
+
+def test_own_read_only_transaction_is_not_a_demotion(cluster: Cluster, make_alias) -> None:
+    alias = make_alias()
+    create(alias, "warm-up")
+    kept = connections[alias].connection
+
+    def read_only_write() -> None:
+        with transaction.atomic(using=alias):
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SET TRANSACTION READ ONLY")
+            create(alias, "refused")
+
+    with pytest.raises(Error) as excinfo:
+        read_only_write()
+    assert excinfo.value.__cause__.pgcode == "25006"
+    # The server is still the writable primary: the connection stays.
+    assert connections[alias].connection is kept
+    create(alias, "accepted")
+    assert keys_on(cluster.primary, ["refused", "accepted"]) == ["accepted"]

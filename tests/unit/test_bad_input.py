@@ -32,7 +32,7 @@ BAD_SETTINGS = [
     ({"HOST": "db1;db2"}, "['HOST']: 'db1;db2' is not a valid host name"),
     ({"HOST": "db1 db2"}, "['HOST']: 'db1 db2' is not a valid host name"),
     ({"HOST": "db1|db2"}, "'db1|db2' is not a valid host name"),
-    ({"HOST": ["db1", None]}, "['HOST']['1']: None is not a host"),
+    ({"HOST": ["db1", None]}, "['HOST'][1]: None is not a host"),
     ({"HOST": ["db1", "db1"]}, "db1:5432 is listed twice"),
     ({"HOST": "[::1"}, "'[::1' is not a valid [IPv6]:port entry"),
     ({"HOST": "db1:abc"}, "'abc' is not a port number"),

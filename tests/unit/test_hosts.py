@@ -50,7 +50,7 @@ def test_accepted_forms(host, port, expected) -> None:
         ("   ", None, "no host given"),
         ([], None, "the host list is empty"),
         ("db1,,db2", None, "entry 2 is empty"),
-        (["db1", " "], None, "entry 2 is empty"),
+        (["db1", " "], None, "['HOST'][1]: empty entry"),
         ("db1:0", None, "port 0 is outside 1..65535"),
         ("db1:65536", None, "port 65536 is outside 1..65535"),
         ("db1:http", None, "'http' is not a port number"),

@@ -14,6 +14,7 @@ from django.db import connections
 from django_pg_failover.base import DatabaseWrapper
 from django_pg_failover.checks import database_problems
 from django_pg_failover.client import DatabaseClient
+from django_pg_failover.errors import host_failures
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -189,3 +190,36 @@ def test_repr_and_settings_errors_hold_no_password() -> None:
     with pytest.raises(ImproperlyConfigured) as excinfo:
         db.get_connection_params()
     assert "s3cret" not in str(excinfo.value)
+
+
+def test_test_mirror_uses_its_primarys_hosts_and_role() -> None:
+    primary = wrapper(HOST=["db1", "db2"], PORT=5433)
+    replica = wrapper(
+        "replica",
+        HOST=["db2", "db1"],
+        OPTIONS={"target_session_attrs": "prefer-standby", "load_balance_hosts": "random"},
+    )
+    replica.creation.set_as_test_mirror(primary.settings_dict)
+    params = replica.get_connection_params()
+    assert (params["host"], params["port"]) == ("db1,db2", "5433,5433")
+    assert params["target_session_attrs"] == "read-write"
+    assert replica.settings_dict["NAME"] == primary.settings_dict["NAME"]
+
+
+def test_libpq_messages_split_per_host() -> None:
+    message = (
+        'could not translate host name "db-gone.example" to address: Name or service not known\n'
+        'connection to server at "127.0.0.1", port 5432 failed: Connection refused\n'
+        "\tIs the server running on that host and accepting TCP/IP connections?\n"
+        'connection to server at "db2.example" (10.0.0.2), port 5433 failed: '
+        "FATAL:  the database system is starting up\n"
+        'connection to server on socket "/run/postgresql/.s.PGSQL.5434" failed: '
+        "No such file or directory\n"
+    )
+    failures = host_failures(Exception(message))
+    assert [(f.address, f.reason) for f in failures] == [
+        ("db-gone.example", "could not resolve: Name or service not known"),
+        ("127.0.0.1:5432", "Connection refused"),
+        ("db2.example:5433", "the database system is starting up"),
+        ("/run/postgresql:5434", "No such file or directory"),
+    ]
