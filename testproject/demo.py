@@ -200,17 +200,10 @@ def use_backend(stock: bool, cluster: Cluster) -> None:
     """Point the default alias at the lab with this backend or with Django's own."""
     from django.db import connections
 
-    if stock:
-        database = cluster.django_database(
-            ENGINE="django.db.backends.postgresql",
-            HOST=",".join("127.0.0.1" for _ in cluster.nodes),
-            PORT=",".join(str(n.port) for n in cluster.nodes),
-            OPTIONS={"target_session_attrs": "read-write", "connect_timeout": 2},
-        )
-    else:
-        database = cluster.django_database(
-            OPTIONS={"connect_timeout": 2, "failover": {"retry_timeout": 10}}
-        )
+    options = {"connect_timeout": 2}
+    if not stock:
+        options["failover"] = {"retry_timeout": 10}
+    database = cluster.django_database(stock=stock, OPTIONS=options)
     connections.close_all()
     connections.settings["default"] = connections.configure_settings({"default": database})[
         "default"

@@ -51,16 +51,14 @@ def make_alias(cluster: Cluster) -> Iterator[Callable[..., str]]:
     """Register a temporary alias: ``make_alias(HOST=..., OPTIONS=..., lab=other_cluster)``."""
     created: list[str] = []
 
-    def make(
-        engine: str = "django_pg_failover", lab: Cluster | None = None, **overrides: Any
-    ) -> str:
+    def make(stock: bool = False, lab: Cluster | None = None, **overrides: Any) -> str:
         # Unique for the session: threads that outlive a test (asgiref's executor)
         # keep their own connection per alias name.
         alias = f"lab_{next(_alias_numbers)}"
         options = {**FAST, **overrides.pop("OPTIONS", {})}
-        if engine != "django_pg_failover":
-            options.pop("failover", None)
-        settings = (lab or cluster).django_database(OPTIONS=options, ENGINE=engine, **overrides)
+        if stock:
+            options.pop("failover")
+        settings = (lab or cluster).django_database(stock=stock, OPTIONS=options, **overrides)
         connections.settings[alias] = connections.configure_settings(
             {"default": {}, alias: settings}
         )[alias]

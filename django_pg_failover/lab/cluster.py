@@ -312,18 +312,34 @@ class Cluster:
     def hosts(self) -> list[str]:
         return [f"{LOOPBACK}:{n.port}" for n in self.nodes]
 
-    def django_database(self, **overrides: Any) -> dict[str, Any]:
-        """A ``DATABASES`` entry for this cluster using django_pg_failover."""
+    def django_database(
+        self, stock: bool = False, nodes: list[Node] | None = None, **overrides: Any
+    ) -> dict[str, Any]:
+        """A ``DATABASES`` entry listing ``nodes`` (all, in order, by default).
+
+        With ``stock``, Django's own backend set up the way psycopg2 multi-host
+        guides show it (its best case, for comparisons): comma-separated HOST
+        and PORT strings and ``target_session_attrs=read-write``.
+        """
+        nodes = nodes if nodes is not None else self.nodes
         options = overrides.pop("OPTIONS", {})
-        return {
+        database = {
             "ENGINE": "django_pg_failover",
             "NAME": APP_DATABASE,
             "USER": APP_USER,
             "PASSWORD": self.password,
-            "HOST": self.hosts(),
+            "HOST": [f"{LOOPBACK}:{n.port}" for n in nodes],
             "OPTIONS": options,
-            **overrides,
         }
+        if stock:
+            database.update(
+                ENGINE="django.db.backends.postgresql",
+                HOST=",".join(LOOPBACK for _ in nodes),
+                PORT=",".join(str(n.port) for n in nodes),
+                OPTIONS={"target_session_attrs": "read-write", **options},
+            )
+        database.update(overrides)
+        return database
 
     # -- faults -------------------------------------------------------------------
 

@@ -367,7 +367,7 @@ def test_wrong_password(cluster: Cluster, make_alias) -> None:
 
 
 def test_refuses_other_engines_and_unknown_aliases(cluster: Cluster, make_alias) -> None:
-    stock = make_alias(engine="django.db.backends.postgresql")
+    stock = make_alias(stock=True)
     with pytest.raises(CommandError, match="pg_hosts needs ENGINE 'django_pg_failover'"):
         call_command("pg_hosts", "--database", stock, stdout=io.StringIO())
     with pytest.raises(CommandError, match="'nowhere' is not in DATABASES"):

@@ -13,26 +13,15 @@ TESTPROJECT = Path(__file__).resolve().parents[2] / "testproject"
 CONNECT_TIMEOUT = 2
 
 
-def hosts(cluster: Cluster, order: list | None = None) -> list:
-    return order if order is not None else list(cluster.nodes)
-
-
-def ours(cluster: Cluster, nodes: list | None = None, **options: Any) -> dict[str, Any]:
+def ours(cluster: Cluster, nodes: list | None = None) -> dict[str, Any]:
     """django_pg_failover with its defaults (only connect_timeout set, as for stock)."""
-    return cluster.django_database(
-        HOST=[f"127.0.0.1:{n.port}" for n in hosts(cluster, nodes)],
-        OPTIONS={"connect_timeout": CONNECT_TIMEOUT, **options},
-    )
+    return cluster.django_database(nodes=nodes, OPTIONS={"connect_timeout": CONNECT_TIMEOUT})
 
 
 def stock(cluster: Cluster, nodes: list | None = None) -> dict[str, Any]:
     """Django's backend as psycopg2 multi-host guides set it up: its best case."""
-    chosen = hosts(cluster, nodes)
     return cluster.django_database(
-        ENGINE="django.db.backends.postgresql",
-        HOST=",".join("127.0.0.1" for _ in chosen),
-        PORT=",".join(str(n.port) for n in chosen),
-        OPTIONS={"target_session_attrs": "read-write", "connect_timeout": CONNECT_TIMEOUT},
+        stock=True, nodes=nodes, OPTIONS={"connect_timeout": CONNECT_TIMEOUT}
     )
 
 

@@ -263,28 +263,26 @@ def test_plugin_import_loads_nothing_heavy() -> None:
     assert out.strip() == "[]"
 
 
-def test_unused_plugin_needs_no_binaries(tmp_path) -> None:
-    (tmp_path / "test_plain.py").write_text("def test_plain():\n    assert True\n")
-    result = subprocess.run(
+def pytest_without_binaries(tmp_path: Path, test_source: str) -> subprocess.CompletedProcess[str]:
+    """Run a one-test file in a pytest whose lab finds no PostgreSQL binaries."""
+    (tmp_path / "test_user.py").write_text(test_source)
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:django", str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         env={**os.environ, "PG_FAILOVER_PG_BINDIR": str(tmp_path / "nowhere")},
     )
+
+
+def test_unused_plugin_needs_no_binaries(tmp_path) -> None:
+    result = pytest_without_binaries(tmp_path, "def test_plain():\n    assert True\n")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
 
 
 def test_missing_binaries_fail_lab_tests_with_instructions(tmp_path) -> None:
-    (tmp_path / "test_lab_user.py").write_text("def test_uses_lab(pg_lab):\n    pass\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:django", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "PG_FAILOVER_PG_BINDIR": str(tmp_path / "nowhere")},
-    )
+    result = pytest_without_binaries(tmp_path, "def test_uses_lab(pg_lab):\n    pass\n")
     assert result.returncode == 1
     assert "not a usable PostgreSQL bin folder" in result.stdout
 
