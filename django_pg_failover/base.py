@@ -180,6 +180,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         """
         if self.connection is not None:
             return super().ensure_connection()
+        self._settle_lost_manual_transaction()
         if self.in_atomic_block:
             if self.closed_in_transaction:
                 # Django 5.1+ says the same; 4.2 would silently reconnect.
@@ -319,8 +320,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         """Close a connection that the error shows dead or demoted.
 
         The error still reaches the caller; nothing is re-run here. Outside an
-        atomic block the next database use reconnects; inside, no new
-        connection opens until the block exits (the server rolled back).
+        atomic block and in autocommit mode, the next database use reconnects.
+        Inside a block, no new connection opens until the block exits (the
+        server rolled the transaction back); with autocommit off, not until the
+        code calls ``set_autocommit()`` or the request ends.
         """
         if self.connection is None:
             return
@@ -378,12 +381,26 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             self._report_lost(errors.Database.OperationalError("health check failed"), False)
         return usable
 
+    def _settle_lost_manual_transaction(self) -> None:
+        """Leave the state Django keeps after an atomic block, opened with autocommit
+        off, lost its connection: the block has exited (no atomic block is open) but
+        ``in_atomic_block`` stays set, and no connection could ever open again. What
+        is left is the manual transaction, and it is lost.
+        """
+        if self.in_atomic_block and self.closed_in_transaction and not self.atomic_blocks:
+            self.in_atomic_block = False
+            self.closed_in_transaction = False
+            self.savepoint_ids = []
+            self.transaction_lost = True
+
     def close(self) -> None:
+        self._settle_lost_manual_transaction()
         self.transaction_lost = False
         super().close()
 
     def close_if_unusable_or_obsolete(self) -> None:
         # A request boundary: a transaction lost in the last request is its business.
+        self._settle_lost_manual_transaction()
         self.transaction_lost = False
         super().close_if_unusable_or_obsolete()
 

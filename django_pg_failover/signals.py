@@ -8,7 +8,8 @@ them quick, and never raise (an exception in a receiver reaches the caller).
 from django.dispatch import Signal
 
 #: A host could not be used during a connection attempt. Arguments: ``alias``,
-#: ``host`` and ``port`` (``port`` is None for an unnamed socket), ``reason``
+#: ``host`` and ``port`` (None when libpq's message does not say: a host name
+#: that did not resolve, an unnamed socket), ``reason``
 #: (libpq's text for that host, e.g. "Connection refused", "timeout expired",
 #: "session is read-only") and ``attempt`` (1 for the first pass over the hosts).
 host_attempt_failed = Signal()
@@ -19,9 +20,10 @@ host_attempt_failed = Signal()
 #: (seconds spent connecting, retries and pauses included).
 connection_established = Signal()
 
-#: An open connection was found lost (server gone, link broken) or on a server
-#: that turned read-only under a read-write session; the connection was
-#: closed and the next use outside an atomic block reconnects. Arguments:
-#: ``alias``, ``host``, ``port``, ``error`` (the driver exception) and
-#: ``in_atomic_block`` (True: the transaction was lost with it).
+#: An open connection was found lost (server gone, link broken, a failed health
+#: check) or on a server that turned read-only under a read-write session; the
+#: connection was closed. The next use reconnects, except inside an atomic
+#: block and after a loss with autocommit off (the transaction was lost: see
+#: the docs). Arguments: ``alias``, ``host``, ``port``, ``error`` (the driver
+#: exception) and ``in_atomic_block`` (True: the transaction was lost with it).
 connection_lost = Signal()

@@ -352,3 +352,28 @@ def test_own_read_only_transaction_is_not_a_demotion(cluster: Cluster, make_alia
     assert connections[alias].connection is kept
     create(alias, "accepted")
     assert keys_on(cluster.primary, ["refused", "accepted"]) == ["accepted"]
+
+
+def test_atomic_block_inside_a_manual_transaction(cluster: Cluster, make_alias) -> None:
+    """Django leaves this case stuck for good; the backend turns it into a lost transaction."""
+    alias = make_alias()
+    transaction.set_autocommit(False, using=alias)
+    create(alias, "manual-before")
+
+    def block() -> None:
+        with transaction.atomic(using=alias):
+            create(alias, "in-block-1")
+            cluster.crash(cluster.primary)
+            cluster.promote()
+            create(alias, "in-block-2")
+
+    with pytest.raises(OperationalError):
+        block()
+    with pytest.raises(ProgrammingError, match="lost while autocommit was off"):
+        create(alias, "after-block")
+    transaction.set_autocommit(True, using=alias)
+    create(alias, "recovered")
+    assert port_of(alias) == cluster.primary.port
+    assert keys_on(
+        cluster.primary, ["manual-before", "in-block-1", "in-block-2", "after-block", "recovered"]
+    ) == ["recovered"]
