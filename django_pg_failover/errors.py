@@ -63,6 +63,11 @@ def libpq_version() -> int:
     return psycopg2.extensions.libpq_version()
 
 
+def connect_wait(connect_timeout: int) -> int:
+    """Seconds libpq really waits on a silent host: before libpq 17, at least 2."""
+    return connect_timeout if libpq_version() >= 170000 else max(connect_timeout, 2)
+
+
 def driver_label() -> str:
     return f"psycopg2 {psycopg2.__version__.split()[0]}, libpq {libpq_version()}"
 

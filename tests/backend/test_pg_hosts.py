@@ -18,7 +18,7 @@ from django.core.management import CommandError, call_command
 from django.db import connections
 from psycopg2 import OperationalError
 
-from django_pg_failover.errors import libpq_version
+from django_pg_failover.errors import connect_wait
 from django_pg_failover.lab import Cluster, Node
 from django_pg_failover.lab.system import wait_for
 from django_pg_failover.probe import failure_reason, format_server_version, parse_lsn
@@ -246,8 +246,7 @@ def test_timeout_option(cluster: Cluster, make_alias) -> None:
     hung = cluster.hang(cluster.standbys[0])
     outcome = pg_hosts(cluster, alias, "--timeout", "1")
     assert outcome.code == 0, outcome.stderr  # the primary answers
-    # libpq before 17 waits at least 2 seconds, whatever connect_timeout says.
-    waited = 1 if libpq_version() >= 170000 else 2
+    waited = connect_wait(1)  # libpq before 17 waits 2 seconds when told 1
     assert 0.8 * waited <= outcome.elapsed < waited + 0.8
     assert outcome.rows()[hung.port][2:4] == ["no", "timeout expired"]
     with pytest.raises(CommandError, match="--timeout must be a whole number of seconds >= 1"):

@@ -49,7 +49,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from django_pg_failover.base import DatabaseWrapper
-from django_pg_failover.errors import Database
+from django_pg_failover.errors import Database, connect_wait
 from django_pg_failover.hosts import Host, hosts_from_libpq_params
 from django_pg_failover.probe import (
     PRIMARY,
@@ -185,7 +185,7 @@ def probe_hosts(
         threading.Thread(target=run, args=(host,), name=f"pg_hosts {host}", daemon=True)
         for host in hosts
     ]
-    wait = timeout + QUERY_GRACE
+    wait = connect_wait(timeout) + QUERY_GRACE
     deadline = time.monotonic() + wait
     for thread in threads:
         thread.start()
