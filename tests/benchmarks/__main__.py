@@ -254,10 +254,8 @@ def main() -> int:
 
         print("1/5 ORM get() x2000 ...", flush=True)
         queries = summarise(time_rounds({s: orm_queries(s, pk, 2000) for s in SIDES}, args.rounds))
-        print("2/5 connect + query + close x200 ...", flush=True)
-        connect = summarise(
-            time_rounds({s: connects(s, 200) for s in SIDES}, max(args.rounds // 3, 3))
-        )
+        print("2/5 connect + query + close x100 ...", flush=True)
+        connect = summarise(time_rounds({s: connects(s, 100) for s in SIDES}, args.rounds))
         print("3/5 hung first host, 20 new connections ...", flush=True)
         hung = hung_first_host(cluster, 20)
         print("4/5 failover under load ...", flush=True)
@@ -292,7 +290,7 @@ def print_table(queries, connect, hung, failover, rss) -> None:
     row("scenario", "stock", "ours", "ours/stock")
     for name, result in (
         ("1 ORM get() x2000, one connection (best)", queries),
-        ("2 connect + SELECT 1 + close x200 (best)", connect),
+        ("2 connect + SELECT 1 + close x100 (best)", connect),
     ):
         row(
             name,
