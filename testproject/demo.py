@@ -161,8 +161,8 @@ def play(run: Run, cluster: Cluster, seconds: float, workers: int) -> None:
         if plan and elapsed >= plan[0][0]:
             _, step = plan.pop(0)
             if step == "crash":
-                run.crashed_at = time.monotonic()
                 cluster.crash(old)
+                run.crashed_at = time.monotonic()
                 event(f"kill -9 {old.name} (primary)")
             elif step == "promote":
                 new = cluster.promote()

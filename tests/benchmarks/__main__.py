@@ -168,8 +168,8 @@ def failover_under_load(cluster: Cluster, threads: int, promote_delay: float) ->
     for worker in workers:
         worker.start()
     time.sleep(1.0)
-    crashed = time.monotonic()
     cluster.crash(cluster.primary)
+    crashed = time.monotonic()  # units that began before this may have reached the old primary
     time.sleep(promote_delay)
     cluster.promote()
     promoted = time.monotonic()
