@@ -124,7 +124,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 raise SettingsError(
                     self.alias,
                     ("OPTIONS",),
-                    f"{self.settings_dict['OPTIONS']!r} is not a dict",
+                    f"a {type(self.settings_dict['OPTIONS']).__name__} is not a dict",
                     OPTIONS_CHECK,
                 )
             return super().pool

@@ -59,7 +59,7 @@ def _port(value: Any, alias: str | None, keys: tuple[str | int, ...]) -> int:
         raise _problem(alias, keys, f"{value!r} is not a port number", PORT_CHECK)
     if isinstance(value, str):
         text = value.strip()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise _problem(alias, keys, f"{value!r} is not a port number", PORT_CHECK)
         value = int(text)
     if not isinstance(value, int):
@@ -185,13 +185,14 @@ def _parse_entry(
             raise _problem(
                 alias,
                 keys,
-                f"unknown key(s) {', '.join(sorted(map(str, unknown)))} in {dict(entry)!r}; "
+                # Keys only: a misplaced 'password' must not be echoed.
+                f"unknown key(s) {', '.join(sorted(map(str, unknown)))} in a host mapping; "
                 "use 'host' and 'port'",
                 HOST_CHECK,
             )
         host = entry.get("host")
         if not isinstance(host, str) or not host.strip():
-            raise _problem(alias, keys, f"{dict(entry)!r} has no 'host'", HOST_CHECK)
+            raise _problem(alias, keys, "this mapping has no 'host'", HOST_CHECK)
         host_text, port_text = _split_entry(host.strip(), alias, keys)
         if port_text is not None:
             raise _problem(

@@ -59,7 +59,8 @@ def validate_options(
     """
     keys = ("OPTIONS",)
     if not isinstance(options, Mapping):
-        raise SettingsError(alias, keys, f"{options!r} is not a dict", OPTIONS_CHECK)
+        # The type only: a DSN string put here would carry the password.
+        raise SettingsError(alias, keys, f"a {type(options).__name__} is not a dict", OPTIONS_CHECK)
     if is_libpq_keyword is not None:
         for key in options:
             if key not in NOT_LIBPQ_KEYWORDS and not is_libpq_keyword(str(key)):
@@ -91,7 +92,7 @@ def validate_options(
         number = None
         if isinstance(timeout, int) and not isinstance(timeout, bool):
             number = timeout
-        elif isinstance(timeout, str) and timeout.strip().isdigit():
+        elif isinstance(timeout, str) and timeout.strip().isascii() and timeout.strip().isdigit():
             number = int(timeout)
         if number is None or not 1 <= number <= 3600:
             raise SettingsError(

@@ -98,7 +98,8 @@ def _seconds(value: Any, alias: str | None, keys: tuple[str | int, ...]) -> floa
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SettingsError(alias, keys, f"{value!r} is not a number of seconds", FAILOVER_CHECK)
     low, high = _LIMITS[name]
-    if not math.isfinite(value) or value < 0:
+    # math.isfinite() overflows on a huge int; ints are finite anyway.
+    if (isinstance(value, float) and not math.isfinite(value)) or value < 0:
         raise SettingsError(
             alias, keys, f"{value!r} must be a finite, non-negative number", FAILOVER_CHECK
         )

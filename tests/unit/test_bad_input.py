@@ -44,18 +44,25 @@ BAD_SETTINGS = [
     ({"HOST": "db1", "PORT": "5432;5433"}, "'5432;5433' is not a port number"),
     ({"HOST": "db1,db2", "PORT": [5432]}, "['PORT']: 1 ports given for 2 hosts"),
     ({"HOST": ["db1:5433"], "PORT": [5434]}, "'db1' is given port 5433 in HOST and 5434 in PORT"),
-    ({"HOST": "db1", "OPTIONS": ["sslmode"]}, "['OPTIONS']: ['sslmode'] is not a dict"),
+    ({"HOST": "db1", "PORT": "\u00b2"}, "['PORT']: '\u00b2' is not a port number"),
+    ({"HOST": "db1:\u0665"}, "'\u0665' is not a port number"),
+    ({"HOST": [{"host": "db1", "password": "s3cret"}]}, "unknown key(s) password in a host"),
+    ({"HOST": [{"port": 5432}]}, "['HOST'][0]: this mapping has no 'host'"),
+    ({"HOST": "db1", "OPTIONS": ["sslmode"]}, "['OPTIONS']: a list is not a dict"),
+    ({"HOST": "db1", "OPTIONS": "password=s3cret"}, "['OPTIONS']: a str is not a dict"),
     ({"HOST": "db1", "OPTIONS": {"conect_timeout": 3}}, "['conect_timeout']: libpq has no such"),
     ({"HOST": "db1", "OPTIONS": {"target_session_attrs": "master"}}, "'master' is not one of"),
     ({"HOST": "db1", "OPTIONS": {"connect_timeout": 0}}, "0 would wait forever"),
     ({"HOST": "db1", "OPTIONS": {"connect_timeout": "ten"}}, "'ten' is not a whole number"),
     ({"HOST": "db1", "OPTIONS": {"connect_timeout": 86400}}, "86400 is not a whole number"),
+    ({"HOST": "db1", "OPTIONS": {"connect_timeout": "\u00b3"}}, "is not a whole number"),
     ({"HOST": "db1", "OPTIONS": {"load_balance_hosts": True}}, "True is not one of disable"),
     ({"HOST": "db1", "OPTIONS": {"failover": "fast"}}, "'fast' is not a dict of failover"),
     ({"HOST": "db1", "OPTIONS": {"failover": {"retries": 3}}}, "unknown setting(s) retries"),
     ({"HOST": "db1", "OPTIONS": {"failover": {"retry_timeout": -5}}}, "-5 must be a finite"),
     ({"HOST": "db1", "OPTIONS": {"failover": {"retry_timeout": "10s"}}}, "'10s' is not a number"),
     ({"HOST": "db1", "OPTIONS": {"failover": {"retry_timeout": 1e9}}}, "is outside 0..3600"),
+    ({"HOST": "db1", "OPTIONS": {"failover": {"retry_timeout": 10**400}}}, "is outside 0..3600"),
     (
         {"HOST": "db1", "OPTIONS": {"failover": {"backoff_initial": 5, "backoff_max": 1}}},
         "backoff_initial (5) is larger than backoff_max (1)",
@@ -83,6 +90,7 @@ def test_first_query_raises_one_clear_error(settings, message) -> None:
     text = str(excinfo.value)
     assert text.startswith("DATABASES['orders']")
     assert message in text
+    assert "s3cret" not in text  # a misplaced password is never echoed
     assert excinfo.value.__cause__ is None  # raised by us, not translated from libpq
     assert wrapper.connection is None  # nothing was attempted
 
@@ -92,6 +100,7 @@ def test_manage_py_check_reports_it_once(settings, message) -> None:
     problems = database_problems({"orders": user_settings(settings)})
     assert len(problems) == 1
     assert message in problems[0].msg
+    assert "s3cret" not in problems[0].msg
     assert problems[0].id.startswith("django_pg_failover.E")
 
 
