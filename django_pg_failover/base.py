@@ -61,7 +61,9 @@ from .policy import FailoverPolicy
 from .reads import (
     ReadRetryCursorDebugWrapper,
     ReadRetryCursorWrapper,
+    has_raw_sql_param,
     is_retryable_read,
+    leaves_session_unchanged,
 )
 from .status import host_status
 
@@ -91,6 +93,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         # Copied from the policy at connect time: read on every cursor.
         self._retry_reads = False
         self._lost_error: BaseException | None = None
+        # Something ran on this connection that a new session would lack.
+        self._session_changed = False
         #: The connection was lost with autocommit off (outside atomic blocks):
         #: its transaction is gone, and no new connection opens in its place until
         #: the code says how to go on (``set_autocommit()``), or the request ends.
@@ -161,6 +165,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         policy = self.failover_policy
         self.server = Host(*errors.landed_on(connection))
         self._retry_reads = policy.retry_reads
+        self._session_changed = False
         host_status.record_connected(
             hosts_from_libpq_params(conn_params),
             self.server,
@@ -420,8 +425,24 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return ReadRetryCursorDebugWrapper(cursor, self)
         return super().make_debug_cursor(cursor)
 
-    def may_retry_read(self, sql: Any, exc: OperationalError, raw_cursor: Any) -> bool:
-        """The rule of :mod:`.reads`: lost connection, autocommit, plain SELECT."""
+    def note_statement(self, sql: Any) -> None:
+        if not self._session_changed and not leaves_session_unchanged(sql):
+            self._session_changed = True
+
+    def read_retry_possible(self, sql: Any, params: Any) -> bool:
+        """Before running ``sql``: could the rule of :mod:`.reads` let it run again?"""
+        return (
+            self.connection is not None
+            and not self.in_atomic_block
+            and self.autocommit
+            and not self._session_changed
+            and errors.transaction_idle(self.connection)
+            and is_retryable_read(sql)
+            and not has_raw_sql_param(params)
+        )
+
+    def may_retry_read(self, exc: OperationalError, raw_cursor: Any) -> bool:
+        """After it failed: was the connection lost under it (and closed since)?"""
         return (
             self._retry_reads
             and exc.__cause__ is not None
@@ -430,5 +451,4 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             and not self.in_atomic_block
             and self.autocommit
             and getattr(raw_cursor, "name", None) is None
-            and is_retryable_read(sql)
         )

@@ -168,3 +168,13 @@ def server_role(connection: Any) -> str | None:
     if hot_standby is None:
         return None
     return "standby" if hot_standby == "on" else "primary"
+
+
+def transaction_idle(connection: Any) -> bool:
+    """No transaction open on the server (libpq's own view: no round trip)."""
+    return connection.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+def is_raw_sql(value: Any) -> bool:
+    """A query parameter the driver pastes into the SQL as it is."""
+    return isinstance(value, psycopg2.extensions.AsIs)

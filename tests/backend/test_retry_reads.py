@@ -96,3 +96,37 @@ def test_errors_other_than_a_lost_connection_are_not_retried(
         raw(alias, "SELECT 1 / 0")
     assert connections[alias].connection is not None  # still open: nothing was lost
     assert not any("re-running a read" in r.getMessage() for r in failover_log.records)
+
+
+def begin_on_the_driver_cursor(alias: str) -> None:
+    """A transaction Django does not know about: only the server's status shows it."""
+    connections[alias].ensure_connection()
+    connections[alias].connection.cursor().execute("BEGIN")
+
+
+SESSION_STATE = {
+    "transaction opened by raw sql": lambda a: raw(a, "BEGIN"),
+    "transaction opened on the driver's cursor": begin_on_the_driver_cursor,
+    "search_path": lambda a: raw(a, "SET search_path TO public"),
+    "set_config": lambda a: raw(a, "SELECT set_config('app.tenant', '1', false)"),
+    "advisory lock": lambda a: raw(a, "SELECT pg_advisory_lock(1)"),
+    "temporary table": lambda a: raw(a, "CREATE TEMPORARY TABLE scratch (id int)"),
+}
+
+
+@pytest.mark.parametrize("case", SESSION_STATE)
+def test_never_re_run_when_the_lost_session_held_state(
+    cluster: Cluster, make_alias, failover_log, case: str
+) -> None:
+    """A new session would lack the transaction, setting, lock or table: the read raises."""
+    alias = make_alias(OPTIONS=RETRY)
+    SESSION_STATE[case](alias)
+    fail_over_under(alias, cluster)
+    with pytest.raises(OperationalError):
+        Order.objects.using(alias).count()
+    assert not any("re-running a read" in r.getMessage() for r in failover_log.records)
+    # The next query is a new session: plain reads are retried again on it.
+    assert Order.objects.using(alias).filter(key="nothing").count() == 0
+    fail_over_under(alias, cluster)
+    assert Order.objects.using(alias).filter(key="nothing").count() == 0
+    assert any("re-running a read" in r.getMessage() for r in failover_log.records)

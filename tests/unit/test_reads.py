@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from django_pg_failover.reads import is_retryable_read
+from django_pg_failover.reads import has_raw_sql_param, is_retryable_read, leaves_session_unchanged
 
 
 @pytest.mark.parametrize(
@@ -55,3 +55,95 @@ def test_plain_selects_are_retryable(sql) -> None:
 )
 def test_everything_else_is_not(sql) -> None:
     assert not is_retryable_read(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # Ways to hide a call with side effects from the name patterns.
+        "SELECT \"nextval\"('s')",
+        "SELECT pg_catalog.\"setval\"('s', 1)",
+        'SELECT "pg_advisory_lock"(1)',
+        "SELECT nextval/**/('s')",
+        "SELECT U&\"\\006Eextval\"('s')",
+        "SELECT cron.schedule('* * * * *', 'DELETE FROM t')",
+        "SELECT public.my_function(1)",
+        # Built-ins with side effects that are not pg_*.
+        "SELECT lowrite(1, 'x')",
+        "SELECT setseed(0.5)",
+        "SELECT query_to_xml(%s, true, false, '')",
+        "SELECT brin_summarize_new_values('i')",
+        "SELECT gin_clean_pending_list('i')",
+    ],
+)
+def test_hidden_or_unlisted_side_effects_are_not_retryable(sql) -> None:
+    assert not is_retryable_read(sql)
+
+
+def orm_selects() -> list[str]:
+    from django.db import connection
+    from django.db.models import Count, Exists, OuterRef, Sum
+    from django.db.models.functions import Upper
+
+    from shop.models import Account, Order
+
+    querysets = [
+        Order.objects.filter(key="a"),
+        Order.objects.filter(key__in=["a", "b"]).order_by("-created_at")[:10],
+        Order.objects.values("key").annotate(n=Count("id"), total=Sum("amount")),
+        Order.objects.annotate(upper=Upper("key")).exclude(amount__gt=5),
+        Order.objects.filter(Exists(Account.objects.filter(name=OuterRef("key")))),
+        Account.objects.filter(id__in=Order.objects.values("amount")),
+    ]
+    return [qs.query.get_compiler(connection=connection).as_sql()[0] for qs in querysets]
+
+
+def test_what_the_orm_sends_for_reads_is_retryable() -> None:
+    for sql in orm_selects():
+        assert is_retryable_read(sql), sql
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        'INSERT INTO "shop_order" ("key", "amount", "created_at") VALUES (%s, %s, %s) '
+        'RETURNING "shop_order"."id"',
+        'UPDATE "shop_account" SET "balance" = ("shop_account"."balance" + %s) '
+        'WHERE "shop_account"."id" = %s',
+        'DELETE FROM "shop_order" WHERE "shop_order"."id" IN (%s, %s)',
+        "SELECT 1",
+    ],
+)
+def test_plain_statements_leave_the_session_unchanged(sql) -> None:
+    assert leaves_session_unchanged(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SET search_path TO tenant_1",
+        "SET ROLE reporting",
+        "SELECT set_config('app.tenant', '1', false)",
+        "SELECT pg_advisory_lock(1)",
+        "CREATE TEMPORARY TABLE scratch (id int)",
+        "PREPARE q AS SELECT 1",
+        "LISTEN orders",
+        "BEGIN",
+        "CALL refresh_totals()",
+        "INSERT INTO t VALUES (1); SET search_path TO x",
+        "UPDATE t SET x = pg_advisory_lock(1)",
+        None,
+    ],
+)
+def test_statements_that_may_change_the_session(sql) -> None:
+    assert not leaves_session_unchanged(sql)
+
+
+def test_raw_sql_parameters() -> None:
+    from psycopg2.extensions import AsIs
+
+    assert not has_raw_sql_param(None)
+    assert not has_raw_sql_param(["a", 1, None])
+    assert not has_raw_sql_param({"key": "a"})
+    assert has_raw_sql_param([1, AsIs("nextval('s')")])
+    assert has_raw_sql_param({"n": AsIs("1")})
