@@ -99,6 +99,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         #: its transaction is gone, and no new connection opens in its place until
         #: the code says how to go on (``set_autocommit()``), or the request ends.
         self.transaction_lost = False
+        #: The connection was lost inside the atomic block still open: until it
+        #: exits, nothing connects, and a commit of the block raises.
+        self.atomic_block_lost = False
 
     @cached_property
     def wrap_database_errors(self) -> FailoverErrorWrapper:
@@ -187,10 +190,11 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return super().ensure_connection()
         self._settle_lost_manual_transaction()
         if self.in_atomic_block:
-            if self.closed_in_transaction:
+            if self.closed_in_transaction or self.atomic_block_lost:
                 # Django 5.1+ says the same; 4.2 would silently reconnect.
                 raise ProgrammingError("Cannot open a new connection in an atomic block.")
             return super().ensure_connection()
+        self.atomic_block_lost = False  # that block has exited
         if self.transaction_lost:
             raise ProgrammingError(
                 f"database alias {self.alias!r}: the connection was lost while autocommit "
@@ -340,16 +344,22 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         ):
             return
         self._report_lost(exc, demoted=not lost)
-        in_atomic_block = self.in_atomic_block
-        with suppress(errors.Database.Error, DjangoDatabaseError):
-            self.close()
-        if in_atomic_block:
-            # Django keeps the dead connection until the outermost block exits;
-            # dropping it now makes the next query in the block fail at once with
-            # "Cannot open a new connection in an atomic block".
+        if self.in_atomic_block:
+            # Not close(): Django would mark the block "closed in transaction" and
+            # let it exit without a word even when the code swallowed the loss
+            # inside it. Dropped like this, the next query in the block fails at
+            # once and the block's commit raises (see commit()).
+            with suppress(errors.Database.Error):
+                self.connection.close()
             self.connection = None
-        elif not self.autocommit:
-            self.transaction_lost = True
+            self.atomic_block_lost = True
+            if not self.commit_on_exit:  # the block is part of a manual transaction
+                self.transaction_lost = True
+        else:
+            with suppress(errors.Database.Error, DjangoDatabaseError):
+                self.close()
+            if not self.autocommit:
+                self.transaction_lost = True
         self._lost_error = exc if lost else None
 
     def _report_lost(self, exc: BaseException, demoted: bool) -> None:
@@ -411,7 +421,51 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     def set_autocommit(self, autocommit: bool, *args: Any, **kwargs: Any) -> None:
         self.transaction_lost = False  # the code has chosen how to go on
+        if (
+            autocommit
+            and self.connection is None
+            and self.settings_dict["AUTOCOMMIT"]
+            and not self.run_commit_hooks_on_set_autocommit_on
+        ):
+            # The next connection starts in autocommit anyway. Connecting here, as
+            # Django does at the end of every atomic block, would make a block
+            # whose connection was lost wait for a new primary (retry_timeout)
+            # before its error could reach the caller.
+            self.validate_no_atomic_block()
+            self.autocommit = True
+            return
         super().set_autocommit(autocommit, *args, **kwargs)
+
+    def commit(self) -> None:
+        # Django's commit() does nothing without a connection: after a loss it
+        # would report success for a transaction the server rolled back.
+        if self.transaction_lost:
+            raise OperationalError(
+                f"database alias {self.alias!r}: the connection was lost while autocommit was "
+                "off; nothing since the last commit was committed. Call set_autocommit() to "
+                "choose the mode of the next connection."
+            )
+        if self.atomic_block_lost:
+            raise OperationalError(
+                f"database alias {self.alias!r}: the connection was lost inside this atomic "
+                "block (the error was raised there); nothing of the block was committed"
+            )
+        super().commit()
+
+    def rollback(self) -> None:
+        self.atomic_block_lost = False  # what the server did already
+        super().rollback()
+
+    def savepoint_rollback(self, sid: str) -> None:
+        # The savepoint went with the connection. Raising here would make Django
+        # mark the enclosing block for a silent rollback instead of a commit that
+        # raises.
+        if not self.atomic_block_lost:
+            super().savepoint_rollback(sid)
+
+    def savepoint_commit(self, sid: str) -> None:
+        if not self.atomic_block_lost:
+            super().savepoint_commit(sid)
 
     # -- retrying reads -------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,6 +198,80 @@ def test_inside_atomic_no_reconnect_until_the_block_exits(cluster: Cluster, make
     assert keys_on(cluster.primary, ["doomed-1", "doomed-2", "doomed-3", "after"]) == ["after"]
 
 
+def insert_raw(alias: str, key: str) -> None:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO shop_order (key, amount, created_at) VALUES (%s, 0, now())", [key]
+        )
+
+
+def test_a_loss_swallowed_inside_atomic_still_fails_the_block(cluster: Cluster, make_alias) -> None:
+    """Django would let the block exit without a word; its commit raises instead.
+
+    (An error from the ORM's save() marks the block for rollback, on every backend:
+    Django then rolls it back without raising. A raw query does not.)
+    """
+    alias = make_alias()
+    create(alias, "warm-up")
+
+    def block() -> None:
+        with transaction.atomic(using=alias):
+            insert_raw(alias, "swallowed-1")
+            cluster.crash(cluster.primary)
+            cluster.promote()
+            with suppress(OperationalError):  # what the docs tell you not to do
+                insert_raw(alias, "swallowed-2")
+
+    with pytest.raises(OperationalError, match="lost inside this atomic block"):
+        block()
+    create(alias, "after")
+    assert keys_on(cluster.primary, ["swallowed-1", "swallowed-2", "after"]) == ["after"]
+
+
+def test_a_loss_swallowed_in_a_nested_block_fails_the_outer_one(
+    cluster: Cluster, make_alias
+) -> None:
+    alias = make_alias()
+    create(alias, "warm-up")
+
+    def block() -> None:
+        with transaction.atomic(using=alias):
+            create(alias, "outer")
+            # Django's pattern for going on after an error in a savepoint:
+            with suppress(OperationalError), transaction.atomic(using=alias):
+                cluster.crash(cluster.primary)
+                cluster.promote()
+                create(alias, "inner")
+
+    with pytest.raises(OperationalError, match="lost inside this atomic block"):
+        block()
+    create(alias, "after")
+    assert keys_on(cluster.primary, ["outer", "inner", "after"]) == ["after"]
+
+
+def test_a_commit_lost_with_no_primary_reports_the_loss_at_once(
+    cluster: Cluster, make_alias
+) -> None:
+    """The block's error is not held back while a new primary is awaited."""
+    alias = make_alias(OPTIONS={"failover": {"retry_timeout": 10}})
+    create(alias, "warm-up")
+    crashed_at = []
+
+    def block() -> None:
+        with transaction.atomic(using=alias):
+            create(alias, "unsent-commit")
+            cluster.crash(cluster.primary)
+            crashed_at.append(time.monotonic())
+
+    with pytest.raises(OperationalError) as excinfo:
+        block()
+    assert time.monotonic() - crashed_at[0] < 3  # not retry_timeout
+    assert "could not connect" not in str(excinfo.value)
+    cluster.promote()
+    create(alias, "after")
+    assert keys_on(cluster.primary, ["unsent-commit", "after"]) == ["after"]
+
+
 def test_demoted_primary_read_only_error_then_real_primary(cluster: Cluster, make_alias) -> None:
     alias = make_alias()
     old = cluster.primary
@@ -312,6 +387,10 @@ def test_loss_with_autocommit_off_is_not_hidden(cluster: Cluster, make_alias) ->
     # No silent reconnect into autocommit: the transaction of manual-1 is gone.
     with pytest.raises(ProgrammingError, match="lost while autocommit was off"):
         create(alias, "manual-3")
+    # Nor a commit that reports success for it.
+    with pytest.raises(OperationalError, match="nothing since the last commit was committed"):
+        transaction.commit(using=alias)
+    transaction.rollback(using=alias)  # allowed: it is what the server did
     transaction.set_autocommit(False, using=alias)  # the code decides how to go on
     create(alias, "manual-4")
     transaction.commit(using=alias)
