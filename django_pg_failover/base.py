@@ -479,8 +479,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return ReadRetryCursorDebugWrapper(cursor, self)
         return super().make_debug_cursor(cursor)
 
-    def note_statement(self, sql: Any) -> None:
-        if not self._session_changed and not leaves_session_unchanged(sql):
+    def note_statement(self, sql: Any, params: Any = None) -> None:
+        if not self._session_changed and (
+            not leaves_session_unchanged(sql) or has_raw_sql_param(params)
+        ):
             self._session_changed = True
 
     def read_retry_possible(self, sql: Any, params: Any) -> bool:

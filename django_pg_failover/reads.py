@@ -101,7 +101,8 @@ class ReadRetryMixin:
 
     def execute(self, sql: Any, params: Any = None) -> Any:
         retryable = self.db.read_retry_possible(sql, params)
-        self.db.note_statement(sql)
+        if not retryable:  # a retryable read leaves the session as it was
+            self.db.note_statement(sql, params)
         try:
             return super().execute(sql, params)
         except OperationalError as exc:
@@ -113,7 +114,6 @@ class ReadRetryMixin:
             )
             self.db.ensure_connection()
             self.cursor = self.db.create_cursor()
-            self.db.note_statement(sql)
             return super().execute(sql, params)
 
     def executemany(self, sql: Any, param_list: Any) -> Any:
