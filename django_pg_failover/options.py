@@ -6,12 +6,19 @@ backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+import inspect
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import django
 
 from .exceptions import SettingsError
 
+if TYPE_CHECKING:
+    from .drivers import Driver
+
 OPTIONS_CHECK = "django_pg_failover.E004"
+POOL_CHECK = "django_pg_failover.E006"
 
 DEFAULT_TARGET_SESSION_ATTRS = "read-write"
 # libpq waits as long as TCP does on a hung host when no timeout is set.
@@ -26,7 +33,7 @@ WRITABLE_SESSION_ATTRS = frozenset({"read-write", "primary"})
 # The backend shuffles the hosts itself (libpq 16's own shuffle would undo the
 # status ordering), so "random" works with any libpq.
 LOAD_BALANCE_HOSTS = ("disable", "random")
-# OPTIONS keys that are not libpq's: ours, Django's, and psycopg2's connect() arguments.
+# OPTIONS keys that are not libpq's: ours, Django's, and the drivers' connect() arguments.
 NOT_LIBPQ_KEYWORDS = frozenset(
     {
         "failover",
@@ -36,9 +43,15 @@ NOT_LIBPQ_KEYWORDS = frozenset(
         "server_side_binding",
         "pool",
         "cursor_factory",
+        # psycopg2
         "connection_factory",
         "async",
         "async_",
+        # psycopg 3
+        "context",
+        "prepare_threshold",
+        "row_factory",
+        "autocommit",
     }
 )
 
@@ -48,22 +61,21 @@ def target_session_attrs(options: Mapping[str, Any]) -> str:
 
 
 def validate_options(
-    options: Mapping[str, Any],
-    libpq_version: int,
-    alias: str | None = None,
-    is_libpq_keyword: Callable[[str], bool] | None = None,
+    options: Mapping[str, Any], driver: Driver | None, alias: str | None = None
 ) -> None:
     """Check the options whose bad values libpq would report obscurely, or never.
 
-    ``is_libpq_keyword`` (the driver's knowledge of libpq) catches misspelt keys.
+    The driver's knowledge of libpq catches misspelt keys and values the
+    installed libpq is too old for; without a driver those are not checked.
     """
     keys = ("OPTIONS",)
     if not isinstance(options, Mapping):
         # The type only: a DSN string put here would carry the password.
         raise SettingsError(alias, keys, f"a {type(options).__name__} is not a dict", OPTIONS_CHECK)
-    if is_libpq_keyword is not None:
+    libpq_version = driver.libpq_version() if driver is not None else None
+    if driver is not None:
         for key in options:
-            if key not in NOT_LIBPQ_KEYWORDS and not is_libpq_keyword(str(key)):
+            if key not in NOT_LIBPQ_KEYWORDS and not driver.is_libpq_keyword(str(key)):
                 raise SettingsError(
                     alias,
                     (*keys, str(key)),
@@ -78,7 +90,11 @@ def validate_options(
             f"{tsa!r} is not one of {', '.join(TARGET_SESSION_ATTRS)}",
             OPTIONS_CHECK,
         )
-    if tsa in TARGET_SESSION_ATTRS_LIBPQ_14 and libpq_version < 140000:
+    if (
+        tsa in TARGET_SESSION_ATTRS_LIBPQ_14
+        and libpq_version is not None
+        and libpq_version < 140000
+    ):
         raise SettingsError(
             alias,
             (*keys, "target_session_attrs"),
@@ -117,3 +133,110 @@ def validate_options(
 def _libpq_label(version: int) -> str:
     major, minor = divmod(version, 10000)
     return f"{major}.{minor}" if major >= 10 else str(version)
+
+
+# -- OPTIONS["pool"] -------------------------------------------------------------------------
+
+#: The oldest psycopg_pool the backend works with, and why.
+MINIMUM_PSYCOPG_POOL = (3, 3, 0)
+_MINIMUM_PSYCOPG_POOL_REASON = "drain() replaces the idle connections to a lost server at once"
+# ConnectionPool arguments Django, or this backend, sets itself.
+_RESERVED_POOL_OPTIONS = frozenset({"conninfo", "kwargs", "open", "configure", "connection_class"})
+_POOL_COUNTS = {"min_size": 0, "max_waiting": 0, "num_workers": 1}
+_POOL_SECONDS = ("timeout", "max_lifetime", "max_idle", "reconnect_timeout")
+_POOL_CALLBACKS = ("check", "reset", "reconnect_failed")
+
+
+def validate_pool(
+    pool: Any, settings_dict: Mapping[str, Any], driver: Driver | None, alias: str | None
+) -> None:
+    """``OPTIONS["pool"]``: what Django would reject late, or psycopg_pool obscurely."""
+    keys: tuple[str | int, ...] = ("OPTIONS", "pool")
+    if driver is not None and driver.name != "psycopg":
+        raise SettingsError(
+            alias,
+            keys,
+            "Django's connection pool needs psycopg 3, and Django uses psycopg2 here: "
+            "pip install 'django-pg-failover[psycopg]'",
+            POOL_CHECK,
+        )
+    if django.VERSION < (5, 1):
+        raise SettingsError(alias, keys, "Django's connection pool needs Django 5.1+", POOL_CHECK)
+    if settings_dict.get("CONN_MAX_AGE", 0) != 0:
+        raise SettingsError(
+            alias,
+            ("CONN_MAX_AGE",),
+            "must be 0 with a connection pool (Django: \"Pooling doesn't support persistent "
+            'connections")',
+            POOL_CHECK,
+        )
+    if pool is True:
+        pool = {}
+    if not isinstance(pool, Mapping):
+        raise SettingsError(
+            alias, keys, f"{pool!r} is neither True nor a dict of pool options", POOL_CHECK
+        )
+    try:
+        import psycopg_pool
+    except ImportError:
+        raise SettingsError(
+            alias,
+            keys,
+            "psycopg_pool is not installed: pip install 'django-pg-failover[psycopg]'",
+            POOL_CHECK,
+        ) from None
+    version = tuple(int(p) for p in psycopg_pool.__version__.split(".")[:3] if p.isdigit())
+    if version < MINIMUM_PSYCOPG_POOL:
+        wanted = ".".join(map(str, MINIMUM_PSYCOPG_POOL))
+        raise SettingsError(
+            alias,
+            keys,
+            f"psycopg_pool {psycopg_pool.__version__} is too old: the backend needs {wanted}+ "
+            f"({_MINIMUM_PSYCOPG_POOL_REASON}): pip install --upgrade 'psycopg_pool>={wanted}'",
+            POOL_CHECK,
+        )
+    known = set(inspect.signature(psycopg_pool.ConnectionPool).parameters) - _RESERVED_POOL_OPTIONS
+    if django.VERSION < (6, 1):
+        known.discard("check")  # Django sets it (CONN_HEALTH_CHECKS) and refuses a second
+    for key, value in pool.items():
+        where = (*keys, str(key))
+        if key not in known:
+            raise SettingsError(
+                alias,
+                where,
+                "not an option this backend's pool takes"
+                + (" (Django sets it)" if key in _RESERVED_POOL_OPTIONS or key == "check" else "")
+                + f"; known: {', '.join(sorted(known))}",
+                POOL_CHECK,
+            )
+        _check_pool_value(str(key), value, alias, where)
+    min_size = pool.get("min_size", 4)
+    max_size = pool.get("max_size")
+    if max_size is not None and max_size < max(min_size, 1):
+        raise SettingsError(
+            alias,
+            (*keys, "max_size"),
+            f"{max_size!r} is smaller than min_size ({min_size}) or 1",
+            POOL_CHECK,
+        )
+
+
+def _check_pool_value(key: str, value: Any, alias: str | None, where: tuple) -> None:
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    problem = None
+    if key in _POOL_COUNTS and not (whole(value) and value >= _POOL_COUNTS[key]):
+        problem = f"{value!r} is not a whole number >= {_POOL_COUNTS[key]}"
+    elif key == "max_size" and value is not None and not (whole(value) and value >= 1):
+        problem = f"{value!r} is not a whole number >= 1 (or None)"
+    elif key in _POOL_SECONDS and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10**7
+    ):
+        problem = f"{value!r} is not a positive number of seconds"
+    elif key in _POOL_CALLBACKS and value is not None and not callable(value):
+        problem = f"{value!r} is not callable"
+    elif key == "name" and not isinstance(value, str):
+        problem = f"{value!r} is not a string"
+    if problem:
+        raise SettingsError(alias, where, problem, POOL_CHECK)

@@ -19,6 +19,7 @@ _LIMITS = {
     "backoff_initial": (0.001, 60.0),
     "backoff_max": (0.001, 300.0),
     "host_recheck": (0.0, 86400.0),
+    "attempt_delay": (0.01, 60.0),
 }
 
 
@@ -38,6 +39,9 @@ class FailoverPolicy:
     ``retry_reads``
         Re-run a plain ``SELECT`` that failed because the connection was lost,
         outside transactions only. Off by default.
+    ``attempt_delay``
+        Seconds a connect attempt may go unanswered before the next host is
+        tried beside it (a hung host is overtaken, not waited for).
     """
 
     retry_timeout: float = 10.0
@@ -45,6 +49,7 @@ class FailoverPolicy:
     backoff_max: float = 1.0
     host_recheck: float = 10.0
     retry_reads: bool = False
+    attempt_delay: float = 0.2
 
     @classmethod
     def from_options(cls, options: Any, alias: str | None = None) -> FailoverPolicy:

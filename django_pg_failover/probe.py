@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import host_failures
 from .hosts import Host
 
 PRIMARY = "primary"
@@ -53,15 +52,6 @@ def probe_params(conn_params: Mapping[str, Any], host: Host, timeout: int) -> di
         connect_timeout=timeout,
     )
     return params
-
-
-def failure_reason(exc: BaseException) -> str:
-    """libpq's reason for one host (``Connection refused``), without its preamble."""
-    reasons = list(dict.fromkeys(failure.reason for failure in host_failures(exc)))
-    if reasons:
-        return "; ".join(reasons)
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def format_server_version(number: int) -> str:

@@ -10,8 +10,9 @@ The rule, all of which must hold (written down in the docs, tested case by case)
   read or a plain ``INSERT``/``UPDATE``/``DELETE``/``MERGE`` (no ``SET``,
   ``set_config()``, advisory lock, temporary table, ``PREPARE``, ``LISTEN``, DDL
   or procedure call);
-- it ran on an ordinary (client-side) cursor: psycopg2 fetches every row
-  during ``execute()``, so the failed query had returned nothing yet;
+- it ran on an ordinary (client-side) cursor: psycopg2 and psycopg 3 both
+  fetch every row during ``execute()``, so the failed query had returned
+  nothing yet;
 - the SQL is one plain ``SELECT``: it starts with ``SELECT``, has no locking
   clause (``FOR UPDATE``/``FOR NO KEY UPDATE``/``FOR SHARE``/``FOR KEY
   SHARE``), no ``INTO``, no second statement, no comment, no quoted or
@@ -19,7 +20,7 @@ The rule, all of which must hold (written down in the docs, tested case by case)
   effects (``nextval``, ``setval``, ``setseed``, ``set_config``,
   ``txid_current``, ``lo_*``, ``loread``, ``lowrite``, ``dblink*``,
   ``query_to_xml*``, ``cursor_to_xml*``, ``brin_*``, ``gin_*``, any ``pg_*``);
-  and no parameter is raw SQL (``psycopg2.extensions.AsIs``).
+  and no parameter is raw SQL (psycopg2's ``AsIs``; psycopg 3 has no such type).
 
 Such a query is re-run once, on a new connection. A function of your own, or
 of an extension, with side effects called unqualified from a SELECT cannot be
@@ -37,7 +38,7 @@ from django.db.backends.postgresql.base import CursorDebugWrapper
 from django.db.backends.utils import CursorWrapper
 from django.db.utils import OperationalError
 
-from . import errors
+from .drivers import TransactionStatus
 
 logger = logging.getLogger("django_pg_failover")
 
@@ -91,22 +92,69 @@ def leaves_session_unchanged(sql: object) -> bool:
     )
 
 
-def has_raw_sql_param(params: Any) -> bool:
+def has_raw_sql_param(params: Any, is_raw_sql: Any) -> bool:
     values = params.values() if isinstance(params, Mapping) else params or ()
-    return any(errors.is_raw_sql(value) for value in values)
+    return any(is_raw_sql(value) for value in values)
+
+
+class ReadRetryState:
+    """Per connection: may a lost read be re-run, and has anything changed the session?"""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        #: Something ran on this connection that a new session would lack.
+        self.session_changed = False
+
+    def connected(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.session_changed = False
+
+
+def note_statement(db: Any, sql: Any, params: Any = None) -> None:
+    reads = db.reads
+    if not reads.session_changed and (
+        not leaves_session_unchanged(sql) or has_raw_sql_param(params, db.driver.is_raw_sql)
+    ):
+        reads.session_changed = True
+
+
+def read_retry_possible(db: Any, sql: Any, params: Any) -> bool:
+    """Before running ``sql``: could the rule of this module let it run again?"""
+    return (
+        db.connection is not None
+        and not db.in_atomic_block
+        and db.autocommit
+        and not db.reads.session_changed
+        and db.driver.transaction_status(db.connection) is TransactionStatus.IDLE
+        and is_retryable_read(sql)
+        and not has_raw_sql_param(params, db.driver.is_raw_sql)
+    )
+
+
+def may_retry_read(db: Any, exc: OperationalError, raw_cursor: Any) -> bool:
+    """After it failed: was the connection lost under it (and closed since)?"""
+    return (
+        db.reads.enabled
+        and exc.__cause__ is not None
+        and exc.__cause__ is db.lost_error
+        and db.connection is None
+        and not db.in_atomic_block
+        and db.autocommit
+        and getattr(raw_cursor, "name", None) is None
+    )
 
 
 class ReadRetryMixin:
     """Re-run a retryable read once after the connection under it was lost."""
 
     def execute(self, sql: Any, params: Any = None) -> Any:
-        retryable = self.db.read_retry_possible(sql, params)
+        retryable = read_retry_possible(self.db, sql, params)
         if not retryable:  # a retryable read leaves the session as it was
-            self.db.note_statement(sql, params)
+            note_statement(self.db, sql, params)
         try:
             return super().execute(sql, params)
         except OperationalError as exc:
-            if not (retryable and self.db.may_retry_read(exc, self.cursor)):
+            if not (retryable and may_retry_read(self.db, exc, self.cursor)):
                 raise
             logger.warning(
                 "database alias %r: re-running a read whose connection was lost",
@@ -117,11 +165,11 @@ class ReadRetryMixin:
             return super().execute(sql, params)
 
     def executemany(self, sql: Any, param_list: Any) -> Any:
-        self.db.note_statement(sql)
+        note_statement(self.db, sql)
         return super().executemany(sql, param_list)
 
     def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
-        self.db.note_statement(None)  # a procedure may do anything to the session
+        note_statement(self.db, None)  # a procedure may do anything to the session
         return super().callproc(procname, params, kparams)
 
 

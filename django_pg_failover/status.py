@@ -1,33 +1,48 @@
-"""What this process last learned about each host, to order the next connections.
+"""What this process last learned about each server, to order the next connections.
 
-libpq tries hosts in the order given, so a hung first host costs every new
-connection ``connect_timeout``. Like pgjdbc's ``hostRecheckSeconds``, we
-remember for a while which hosts failed and which role the others had, and
-list the promising ones first. A remembered host is never dropped: when every
-host looks bad, all are still tried.
+Like pgjdbc's ``hostRecheckSeconds``, the backend remembers for a while which
+hosts did not answer and which role the others had, and tries the promising
+ones first. A remembered host is never dropped: when every host looks bad, all
+are still tried.
+
+Only evidence about a server changes its record: it did not answer, it said
+it cannot take connections now, it answered with a role, a session on it was
+lost or found read-only. A refusal of one alias's credentials (wrong
+password, no ``pg_hba.conf`` line for that user) says nothing about the server
+and is not recorded: another alias of the same process may be welcome there.
+
+The memory is shared by every thread of the process and survives ``fork()``
+(gunicorn ``--preload``): the child starts with a fresh lock.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .errors import HostFailure
 from .hosts import Host
+from .targets import Role, suits
 
 
 class HostState(enum.Enum):
     PRIMARY = "primary"
+    READ_ONLY_PRIMARY = "read-only primary"
     STANDBY = "standby"
-    #: libpq moved past it while looking for ``target_session_attrs``: down, or
-    #: of the wrong role; the connection that skipped it could not tell which.
-    SKIPPED = "skipped"
-    #: Refused, timed out, or lost under an open session.
+    #: Did not answer, could not take connections, or lost an open session.
     DOWN = "down"
+
+    @classmethod
+    def of(cls, role: Role) -> HostState:
+        return cls(role.value)
+
+    @property
+    def role(self) -> Role | None:
+        return None if self is HostState.DOWN else Role(self.value)
 
 
 @dataclass(frozen=True)
@@ -35,49 +50,33 @@ class HostRecord:
     state: HostState
     seen_at: float
     expires_at: float
-    #: For SKIPPED: the target_session_attrs the host did not satisfy.
-    target_session_attrs: str | None = None
 
 
-# libpq's per-host reasons that name a role rather than a failure.
-_ROLE_REASONS = {
-    "session is read-only": HostState.STANDBY,
-    "server is in hot standby mode": HostState.STANDBY,
-    "session is not read-only": HostState.PRIMARY,
-    "server is not in hot standby mode": HostState.PRIMARY,
-}
-
-_WANTS_PRIMARY = frozenset({"read-write", "primary"})
-_WANTS_STANDBY = frozenset({"read-only", "standby", "prefer-standby"})
-
-
-def _rank(record: HostRecord | None, target_session_attrs: str) -> int:
-    """0: a candidate (unknown, or known to have the wanted role); 1: wrong role; 2: down.
+def rank(record: HostRecord | None, target_session_attrs: str) -> int:
+    """0: a candidate (unknown, or of a role that suits); 1: wrong role; 2: down.
 
     Known-good and unknown hosts rank alike (as in pgjdbc): the listed order,
     or the load-balancing shuffle, decides among candidates.
     """
     if record is None:
         return 0
-    state = record.state
-    if state is HostState.DOWN:
+    role = record.state.role
+    if role is None:
         return 2
-    if state is HostState.SKIPPED:
-        return 1 if record.target_session_attrs == target_session_attrs else 0
-    if target_session_attrs in _WANTS_PRIMARY:
-        return 0 if state is HostState.PRIMARY else 1
-    if target_session_attrs in _WANTS_STANDBY:
-        return 0 if state is HostState.STANDBY else 1
-    return 0
+    return 0 if suits(role, target_session_attrs) else 1
 
 
 class HostStatus:
-    """Thread-safe, process-wide memory of host outcomes, each kept ``recheck`` seconds."""
+    """Thread-safe, fork-safe, process-wide memory of host outcomes."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._records: dict[Host, HostRecord] = {}
+
+    def after_fork_in_child(self) -> None:
+        # The parent's lock may have been held by a thread that does not exist here.
+        self._lock = threading.Lock()
 
     def snapshot(self) -> dict[Host, HostRecord]:
         """The records that have not expired."""
@@ -85,81 +84,43 @@ class HostStatus:
         with self._lock:
             return {h: r for h, r in self._records.items() if r.expires_at > now}
 
+    def state(self, host: Host) -> HostState | None:
+        record = self.snapshot().get(host)
+        return record.state if record else None
+
     def clear(self) -> None:
         with self._lock:
             self._records.clear()
 
     def order(
-        self,
-        hosts: Sequence[Host],
-        target_session_attrs: str,
-        shuffle: bool = False,
+        self, hosts: Sequence[Host], target_session_attrs: str, shuffle: bool = False
     ) -> tuple[Host, ...]:
-        """Candidates (unknown or of the wanted role) first, wrong role next, down last.
-
-        ``shuffle`` (``load_balance_hosts=random``) spreads connections over
-        hosts of equal standing.
-        """
+        """Candidates first, wrong role next, down last; ``shuffle`` within each rank."""
         candidates = list(hosts)
         if shuffle:
             random.shuffle(candidates)
         if not self._records:  # the healthy steady state of a new process
             return tuple(candidates)
         known = self.snapshot()
-        return tuple(sorted(candidates, key=lambda h: _rank(known.get(h), target_session_attrs)))
+        return tuple(sorted(candidates, key=lambda h: rank(known.get(h), target_session_attrs)))
 
-    def _set(self, host: Host, record: HostRecord) -> None:
-        with self._lock:
-            self._records[host] = record
-
-    def _record(
-        self,
-        host: Host,
-        state: HostState,
-        recheck: float,
-        target_session_attrs: str | None = None,
-    ) -> None:
+    def record(self, host: Host, state: HostState, recheck: float) -> None:
+        """What a connection to ``host`` found, remembered ``recheck`` seconds."""
         if recheck <= 0:
             return
         now = self._clock()
-        self._set(host, HostRecord(state, now, now + recheck, target_session_attrs))
+        with self._lock:
+            self._records[host] = HostRecord(state, now, now + recheck)
 
-    def record_connected(
-        self,
-        tried: Sequence[Host],
-        landed: Host,
-        role: str | None,
-        target_session_attrs: str,
-        recheck: float,
-    ) -> None:
-        """A connection reached ``landed``; the hosts listed before it were unusable."""
-        if recheck <= 0:
-            return
-        known = self.snapshot()
-        for host in tried:
-            if host == landed:
-                break
-            # A host known to be down stays down: "skipped" would rank it higher.
-            previous = known.get(host)
-            if previous is None or previous.state is not HostState.DOWN:
-                self._record(host, HostState.SKIPPED, recheck, target_session_attrs)
-        if role is None and target_session_attrs in _WANTS_PRIMARY:
-            role = "primary"
-        if role is not None:
-            self._record(landed, HostState(role), recheck)
+    def record_role(self, host: Host, role: Role, recheck: float) -> None:
+        self.record(host, HostState.of(role), recheck)
 
-    def record_failures(self, failures: Iterable[HostFailure], recheck: float) -> None:
-        """Every host of a failed connection attempt, with libpq's reason."""
-        for failure in failures:
-            if failure.port is None:
-                continue
-            state = _ROLE_REASONS.get(failure.reason, HostState.DOWN)
-            self._record(Host(failure.host, failure.port), state, recheck)
-
-    def record_lost(self, host: Host, demoted: bool, recheck: float) -> None:
-        """An open session failed: the server is gone, or no longer a primary."""
-        self._record(host, HostState.STANDBY if demoted else HostState.DOWN, recheck)
+    def record_down(self, host: Host, recheck: float) -> None:
+        self.record(host, HostState.DOWN, recheck)
 
 
 #: The process-wide memory every connection shares.
 host_status = HostStatus()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=host_status.after_fork_in_child)

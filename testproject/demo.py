@@ -157,7 +157,8 @@ def play(run: Run, cluster: Cluster, seconds: float, workers: int) -> None:
         (CRASH_AT + PROMOTE_AFTER + REJOIN_AFTER, "rejoin"),
     ]
     old = cluster.primary
-    while (elapsed := time.monotonic() - started) < seconds:
+    # Every step of the plan happens, and is shown, however slow the machine.
+    while (elapsed := time.monotonic() - started) < seconds or plan:
         if plan and elapsed >= plan[0][0]:
             _, step = plan.pop(0)
             if step == "crash":
@@ -179,7 +180,8 @@ def play(run: Run, cluster: Cluster, seconds: float, workers: int) -> None:
     stop.set()
     for thread in threads:
         thread.join(30)
-    while shown < int(seconds):
+    last = max(int(seconds) - 1, *run.events)
+    while shown <= last:
         show_second(run, shown)
         shown += 1
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from .binaries import PgInstall
 from .errors import LabError
+from .sql import driver
 from .system import (
     ServerUser,
     children_of,
@@ -26,18 +27,6 @@ from .system import (
 
 SUPERUSER = "postgres"
 LOOPBACK = "127.0.0.1"
-
-
-def driver():
-    """psycopg2, imported when first needed (loading the lab needs no driver)."""
-    try:
-        import psycopg2
-    except ImportError:
-        raise LabError(
-            "the lab talks to its servers with psycopg2: "
-            "pip install 'django-pg-failover[binary,lab]'"
-        ) from None
-    return psycopg2
 
 
 class State(enum.Enum):
@@ -138,14 +127,14 @@ class Node:
         wait_for(self._accepts_connections, timeout, f"{self.name} to accept connections")
 
     def _accepts_connections(self) -> bool:
-        psycopg2 = driver()
+        sql = driver()
         if self._proc is not None and self._proc.poll() is not None:
             raise LabError(
                 f"{self.name} exited with status {self._proc.returncode}:\n" + self.log_tail()
             )
         try:
-            psycopg2.connect(**self.dsn(connect_timeout=2)).close()
-        except psycopg2.OperationalError:
+            sql.connect(**self.dsn(connect_timeout=2)).close()
+        except sql.OperationalError:
             return False
         return True
 
@@ -215,6 +204,8 @@ class Node:
         os.kill(pid, signal.SIGSTOP)
         if include_sessions:
             signal_all(children_of(pid), signal.SIGSTOP)
+        # A signal is delivered asynchronously: return once the node is frozen.
+        wait_for(lambda: process_state(pid) == "T", 10, f"{self.name} to stop", interval=0.001)
 
     def resume(self) -> None:
         pid = self.pid
@@ -238,9 +229,8 @@ class Node:
         return params
 
     def connect(self, dbname: str = "postgres", autocommit: bool = True, **extra: Any):
-        """A superuser psycopg2 connection straight to this node."""
-        psycopg2 = driver()
-        conn = psycopg2.connect(**self.dsn(dbname, **extra))
+        """A superuser connection straight to this node (psycopg2 or psycopg 3)."""
+        conn = driver().connect(**self.dsn(dbname, **extra))
         conn.autocommit = autocommit
         return conn
 

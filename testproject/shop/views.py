@@ -11,7 +11,7 @@ from .models import Account, Order
 
 def _server() -> dict:
     info = connection.connection.info
-    return {"host": info.host, "port": info.port}
+    return {"host": info.host, "port": int(info.port)}
 
 
 @csrf_exempt

@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connections
-from psycopg2 import OperationalError
 
-from django_pg_failover.errors import connect_wait
+from django_pg_failover.drivers import get_driver
 from django_pg_failover.lab import Cluster, Node
 from django_pg_failover.lab.system import wait_for
-from django_pg_failover.probe import failure_reason, format_server_version, parse_lsn
+from django_pg_failover.probe import format_server_version, parse_lsn
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -246,7 +245,7 @@ def test_timeout_option(cluster: Cluster, make_alias) -> None:
     hung = cluster.hang(cluster.standbys[0])
     outcome = pg_hosts(cluster, alias, "--timeout", "1")
     assert outcome.code == 0, outcome.stderr  # the primary answers
-    waited = connect_wait(1)  # libpq before 17 waits 2 seconds when told 1
+    waited = get_driver().connect_wait(1)  # at least 2 seconds: psycopg 3, libpq < 17
     assert 0.8 * waited <= outcome.elapsed < waited + 0.8
     assert outcome.rows()[hung.port][2:4] == ["no", "timeout expired"]
     with pytest.raises(CommandError, match="--timeout must be a whole number of seconds >= 1"):
@@ -432,7 +431,9 @@ def test_failure_reason_keeps_libpq_reason_only() -> None:
         'connection to server at "127.0.0.1", port 5433 failed: Connection refused\n'
         "\tIs the server running on that host and accepting TCP/IP connections?\n"
     )
-    assert failure_reason(OperationalError(message)) == "Connection refused"
-    assert failure_reason(OperationalError('\ninvalid dsn: missing "="\n')) == (
+    driver = get_driver()
+    failure_reason = driver.connect_failure_reason
+    assert failure_reason(driver.module.OperationalError(message)) == "Connection refused"
+    assert failure_reason(driver.module.OperationalError('\ninvalid dsn: missing "="\n')) == (
         'invalid dsn: missing "="'
     )

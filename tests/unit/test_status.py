@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
 
-from django_pg_failover.errors import HostFailure
 from django_pg_failover.hosts import Host
 from django_pg_failover.status import HostState, HostStatus
+from django_pg_failover.targets import Role
 
 A, B, C = Host("a", 1), Host("b", 2), Host("c", 3)
 
@@ -36,7 +37,7 @@ def test_unknown_hosts_keep_their_order(status: HostStatus) -> None:
 
 
 def test_down_host_goes_last_and_comes_back_after_recheck(status, clock) -> None:
-    status.record_failures([HostFailure("a", 1, "timeout expired")], recheck=10)
+    status.record_down(A, recheck=10)
     assert status.order([A, B, C], "read-write") == (B, C, A)
     clock.now += 9.9
     assert status.order([A, B, C], "read-write") == (B, C, A)
@@ -45,45 +46,41 @@ def test_down_host_goes_last_and_comes_back_after_recheck(status, clock) -> None
 
 
 def test_wrong_role_goes_after_the_candidates(status) -> None:
-    status.record_connected([A, B, C], C, "primary", "read-write", recheck=10)
-    status.record_failures([HostFailure("a", 1, "session is read-only")], recheck=10)
-    # b was skipped by a read-write connection: it is down or a standby.
-    assert status.snapshot()[B].state is HostState.SKIPPED
+    status.record_role(A, Role.STANDBY, recheck=10)
+    status.record_role(B, Role.READ_ONLY_PRIMARY, recheck=10)
+    status.record_role(C, Role.PRIMARY, recheck=10)
     assert status.order([A, B, C], "read-write") == (C, A, B)
-    assert status.order([A, B, C], "prefer-standby") == (A, B, C)
-    assert status.order([C, B, A], "standby") == (B, A, C)
+    # A fenced primary is still a primary for "primary" (libpq's rule).
+    assert status.order([A, B, C], "primary") == (B, C, A)
+    assert status.order([C, B, A], "standby") == (A, C, B)
+    assert status.order([C, B, A], "read-only") == (B, A, C)
+    assert status.order([C, B, A], "prefer-standby") == (A, C, B)
     assert status.order([A, B, C], "any") == (A, B, C)
 
 
 def test_all_bad_still_tries_every_host(status) -> None:
-    failures = [HostFailure(h.host, h.port, "Connection refused") for h in (A, B, C)]
-    status.record_failures(failures, recheck=10)
+    for host in (A, B, C):
+        status.record_down(host, recheck=10)
     assert status.order([A, B, C], "read-write") == (A, B, C)
 
 
-def test_lost_session_marks_host_down_or_demoted(status) -> None:
-    status.record_lost(A, demoted=False, recheck=10)
-    status.record_lost(B, demoted=True, recheck=10)
-    assert status.snapshot()[A].state is HostState.DOWN
-    assert status.snapshot()[B].state is HostState.STANDBY
-    assert status.order([A, B, C], "read-write") == (C, B, A)
+def test_newer_evidence_replaces_older(status) -> None:
+    status.record_role(A, Role.PRIMARY, recheck=10)
+    status.record(A, HostState.DOWN, recheck=10)
+    assert status.state(A) is HostState.DOWN
+    status.record_role(A, Role.STANDBY, recheck=10)
+    assert status.state(A) is HostState.STANDBY
+    assert status.order([A, B], "read-write") == (B, A)
 
 
 def test_recheck_zero_remembers_nothing(status) -> None:
-    status.record_lost(A, demoted=False, recheck=0)
-    status.record_connected([A, B], B, "primary", "read-write", recheck=0)
+    status.record_down(A, recheck=0)
+    status.record_role(B, Role.PRIMARY, recheck=0)
     assert status.snapshot() == {}
 
 
-def test_role_unknown_on_old_servers_is_inferred_for_writers(status) -> None:
-    status.record_connected([A], A, None, "read-write", recheck=10)
-    status.record_connected([B], B, None, "any", recheck=10)
-    assert status.snapshot() == {A: status.snapshot()[A]}
-    assert status.snapshot()[A].state is HostState.PRIMARY
-
-
 def test_shuffle_keeps_ranks(status) -> None:
-    status.record_lost(C, demoted=False, recheck=10)
+    status.record_down(C, recheck=10)
     seen = {status.order([A, B, C], "any", shuffle=True) for _ in range(200)}
     assert seen == {(A, B, C), (B, A, C)}
 
@@ -96,7 +93,10 @@ def test_concurrent_updates_and_reads(status) -> None:
         try:
             for i in range(500):
                 host = hosts[(n + i) % len(hosts)]
-                status.record_lost(host, demoted=bool(i % 2), recheck=10)
+                if i % 2:
+                    status.record_down(host, recheck=10)
+                else:
+                    status.record_role(host, Role.STANDBY, recheck=10)
                 ordered = status.order(hosts, "read-write")
                 assert sorted(ordered, key=hosts.index) == hosts
         except BaseException as exc:
@@ -109,3 +109,29 @@ def test_concurrent_updates_and_reads(status) -> None:
         thread.join()
     assert errors == []
     assert set(status.snapshot()) == set(hosts)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_forked_while_the_lock_is_held_can_use_the_memory() -> None:
+    """gunicorn --preload forks while other threads may hold the lock."""
+    from django_pg_failover.status import host_status
+
+    host_status._lock.acquire()  # as a thread of the parent would, at fork time
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the memory must answer at once
+            code = 1
+            try:
+                done = threading.Event()
+                worker = threading.Thread(
+                    target=lambda: (host_status.record_down(A, 10), done.set()), daemon=True
+                )
+                worker.start()
+                code = 0 if done.wait(5) and host_status.state(A) is HostState.DOWN else 1
+            finally:
+                os._exit(code)
+    finally:
+        host_status._lock.release()
+    _, status_code = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status_code) == 0
+    host_status.clear()

@@ -49,19 +49,19 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from django_pg_failover.base import DatabaseWrapper
-from django_pg_failover.errors import Database, connect_wait
-from django_pg_failover.hosts import Host, hosts_from_libpq_params
+from django_pg_failover.drivers import Driver
+from django_pg_failover.hosts import Host
 from django_pg_failover.probe import (
     PRIMARY,
     STANDBY,
     HostProbe,
-    failure_reason,
     first_primary,
     format_server_version,
     probe_params,
     replay_lag_bytes,
     would_connect,
 )
+from django_pg_failover.verdicts import server_message
 
 ENGINE = "django_pg_failover"
 DEFAULT_TIMEOUT = 2
@@ -134,8 +134,9 @@ class Command(BaseCommand):
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
         target_session_attrs = conn_params["target_session_attrs"]
-        # The order the backend would pass to libpq now (host status memory applied).
-        probes = probe_hosts(hosts_from_libpq_params(conn_params), conn_params, timeout)
+        # The order the backend would try them now (host status memory applied).
+        hosts = connection.connector.ordered_hosts()
+        probes = probe_hosts(hosts, conn_params, timeout, connection.driver)
         chosen = would_connect(probes, target_session_attrs)
         report = build_report(alias, target_session_attrs, probes, chosen)
         if options["json"]:
@@ -164,7 +165,7 @@ def failover_connection(alias: str) -> DatabaseWrapper:
 
 
 def probe_hosts(
-    hosts: Sequence[Host], conn_params: Mapping[str, Any], timeout: int
+    hosts: Sequence[Host], conn_params: Mapping[str, Any], timeout: int, driver: Driver
 ) -> list[HostProbe]:
     """Probe every host in its own thread; give up on those still busy after the timeout.
 
@@ -177,7 +178,7 @@ def probe_hosts(
 
     def run(host: Host) -> None:
         try:
-            results[host] = probe_host(host, probe_params(conn_params, host, timeout))
+            results[host] = probe_host(host, probe_params(conn_params, host, timeout), driver)
         except Exception as exc:  # a bug: raised again below, not lost in the thread
             crashes.append(exc)
 
@@ -185,7 +186,7 @@ def probe_hosts(
         threading.Thread(target=run, args=(host,), name=f"pg_hosts {host}", daemon=True)
         for host in hosts
     ]
-    wait = connect_wait(timeout) + QUERY_GRACE
+    wait = driver.connect_wait(timeout) + QUERY_GRACE
     deadline = time.monotonic() + wait
     for thread in threads:
         thread.start()
@@ -199,12 +200,14 @@ def probe_hosts(
     ]
 
 
-def probe_host(host: Host, params: Mapping[str, Any]) -> HostProbe:
+def probe_host(host: Host, params: Mapping[str, Any], driver: Driver) -> HostProbe:
     """Connect straight to one host, time a ``SELECT 1``, and read its replication state."""
     try:
-        connection = Database.connect(**params)
-    except Database.Error as exc:
-        return HostProbe(host, reachable=False, error=failure_reason(exc))
+        connection = driver.connect(params)
+    except driver.module.Error as exc:
+        return HostProbe(
+            host, reachable=False, error=server_message(driver.connect_failure_reason(exc))
+        )
     try:
         connection.autocommit = True
         with connection.cursor() as cursor:
@@ -215,8 +218,10 @@ def probe_host(host: Host, params: Mapping[str, Any]) -> HostProbe:
             cursor.execute(STATE_SQL)
             in_recovery, read_only, wal_lsn, replay_age = cursor.fetchone()
         server_version = connection.info.server_version  # 0 once closed
-    except Database.Error as exc:  # e.g. the server shut down under the probe
-        return HostProbe(host, reachable=False, error=failure_reason(exc))
+    except driver.module.Error as exc:  # e.g. the server shut down under the probe
+        return HostProbe(
+            host, reachable=False, error=server_message(driver.connect_failure_reason(exc))
+        )
     finally:
         connection.close()
     return HostProbe(

@@ -1,0 +1,368 @@
+"""Opening a connection: the host list walked one server at a time, retried until a deadline.
+
+The backend does not hand libpq the whole host list. libpq stops at the first
+server that refuses the connection (a ``pg_hba.conf`` line, a wrong password)
+even when the next host could serve, and reports each host's failure only
+when all fail. Connecting to one host at a time gives an exact verdict per
+host (:mod:`.verdicts`), the server's role (:mod:`.targets`), and lets a silent
+host be overtaken: when a host has not answered within ``attempt_delay``, the
+next candidate is tried beside it (the idea of RFC 8305, "happy eyeballs"),
+at most :data:`MAX_IN_FLIGHT` at a time. The first suitable server to answer
+wins; the attempts still in flight are closed as soon as they finish.
+
+:class:`Connector` repeats such walks until ``retry_timeout``: a host that
+refused for good is not tried again in that call, and when every host has
+refused for good the error is raised at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import signals
+from .background import workers
+from .drivers import Driver
+from .hosts import Host
+from .policy import FailoverPolicy
+from .status import host_status
+from .targets import Role, accepts_fallback, role_from, suits
+from .verdicts import Verdict, connect_verdict, server_message
+
+logger = logging.getLogger("django_pg_failover")
+
+#: Connect attempts one connect keeps in flight at most (hung hosts overtaken).
+MAX_IN_FLIGHT = 3
+
+# Connection keywords the walk sets per attempt itself.
+_WALK_KEYWORDS = ("host", "port", "hostaddr", "target_session_attrs", "load_balance_hosts")
+
+
+@dataclass(frozen=True)
+class HostFailure:
+    """Why one host could not be used in a connect attempt."""
+
+    host: Host
+    reason: str
+    #: None: the server answered, with a role that does not suit.
+    verdict: Verdict | None
+    error: BaseException | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def final(self) -> bool:
+        return self.verdict is not None and self.verdict.final
+
+
+@dataclass
+class Landing:
+    """A connection, the server it reached, and what it took."""
+
+    connection: Any
+    host: Host
+    role: Role | None
+    passes: int = 1
+    elapsed: float = 0.0
+
+
+@dataclass
+class _Walk:
+    landing: Landing | None
+    failures: list[HostFailure]
+
+
+def server_role(driver: Driver, connection: Any) -> Role | None:
+    """The server's role from what it reported at start-up (PostgreSQL 14+)."""
+    hot_standby = driver.parameter_status(connection, "in_hot_standby")
+    if hot_standby is None:
+        return None
+    read_only = driver.parameter_status(connection, "default_transaction_read_only")
+    return role_from(hot_standby == "on", read_only == "on")
+
+
+def _ask_role(driver: Driver, connection: Any) -> Role:
+    """Ask a server older than 14, which reports neither setting (one round trip)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
+        in_recovery, read_only = cursor.fetchone()
+    if not connection.autocommit:
+        connection.rollback()
+    return role_from(bool(in_recovery), read_only == "on")
+
+
+def wrong_role_reason(target_session_attrs: str, role: Role) -> str:
+    """libpq's words for a server of the wrong role (log readers and receivers know them)."""
+    if target_session_attrs in ("read-write", "read-only"):
+        return "session is read-only" if role.read_only else "session is not read-only"
+    if role.in_recovery:
+        return "server is in hot standby mode"
+    return "server is not in hot standby mode"
+
+
+class Connector:
+    """Connects one alias to the first suitable server of its host list."""
+
+    def __init__(
+        self,
+        *,
+        alias: str,
+        sender: type,
+        driver: Driver,
+        hosts: Sequence[Host],
+        target_session_attrs: str,
+        policy: FailoverPolicy,
+        shuffle: bool = False,
+        attempt_delay: float = 0.2,
+    ) -> None:
+        self.alias = alias
+        self.sender = sender
+        self.driver = driver
+        self.hosts = tuple(hosts)
+        self.target_session_attrs = target_session_attrs
+        self.policy = policy
+        self.shuffle = shuffle
+        self.attempt_delay = attempt_delay
+        #: The latest failure of each host (for a pool's waiting clients).
+        self.last_failures: list[HostFailure] = []
+        #: The last connect has not found a server yet, or gave up.
+        self.failing = False
+        #: ...because every host refused for good.
+        self.refused_for_good = False
+
+    # -- one attempt ------------------------------------------------------------------
+
+    def _attempt(self, host: Host, params: Mapping[str, Any]) -> Landing | HostFailure:
+        """Connect to one host and learn its role; record what that says about it."""
+        driver = self.driver
+        recheck = self.policy.host_recheck
+        try:
+            connection = driver.connect({**params, "host": host.host, "port": host.port})
+        except driver.module.Error as exc:
+            reason = driver.connect_failure_reason(exc)
+            verdict = connect_verdict(reason, driver.is_connect_timeout(exc))
+            if not verdict.final:  # a refusal of our credentials says nothing of the server
+                host_status.record_down(host, recheck)
+            return HostFailure(host, server_message(reason), verdict, exc)
+        try:
+            role = server_role(driver, connection) or _ask_role(driver, connection)
+        except driver.module.Error as exc:  # the server went away at once
+            driver.close_quietly(connection)
+            host_status.record_down(host, recheck)
+            return HostFailure(host, driver.connect_failure_reason(exc), Verdict.UNREACHABLE, exc)
+        host_status.record_role(host, role, recheck)
+        return Landing(connection, host, role)
+
+    def _close_when_done(self, future: Future) -> None:
+        """An attempt that lost the race: close its connection once it has one."""
+
+        def close(done: Future) -> None:
+            result = None if done.exception() else done.result()
+            if isinstance(result, Landing):
+                self.driver.close_quietly(result.connection)
+
+        future.add_done_callback(close)
+
+    # -- one pass over the hosts --------------------------------------------------------
+
+    def walk(self, params: Mapping[str, Any], hosts: Sequence[Host]) -> _Walk:
+        """Try ``hosts`` in order, overtaking silent ones; the first that suits wins."""
+        target = self.target_session_attrs
+        pending = deque(hosts)
+        in_flight: dict[Future, Host] = {}
+        failures: dict[Host, HostFailure] = {}
+        fallback: Landing | None = None
+        winner: Landing | None = None
+        overtaken: set[Host] = set()
+
+        def start_next() -> None:
+            host = pending.popleft()
+            in_flight[workers.submit(self._attempt, host, params)] = host
+
+        start_next()
+        try:
+            while in_flight and winner is None:
+                overtake = bool(pending) and len(in_flight) < MAX_IN_FLIGHT
+                done, _ = wait(
+                    in_flight,
+                    timeout=self.attempt_delay if overtake else None,
+                    return_when=FIRST_COMPLETED,
+                )
+                if not done:  # every attempt in flight is slow: try the next host beside
+                    overtaken.update(in_flight.values())
+                    start_next()
+                    continue
+                for future in done:
+                    host = in_flight.pop(future)
+                    result = future.result()
+                    if isinstance(result, HostFailure):
+                        failures[host] = result
+                    elif result.role is None or suits(result.role, target):
+                        winner = result
+                        break
+                    elif accepts_fallback(target) and fallback is None:
+                        fallback = result
+                    else:
+                        self.driver.close_quietly(result.connection)
+                        failures[host] = HostFailure(
+                            host, wrong_role_reason(target, result.role), None
+                        )
+                    if pending:  # a host that answered at once: the next one now
+                        start_next()
+        finally:
+            for future, host in in_flight.items():
+                self._close_when_done(future)
+                if winner is not None and host in overtaken:
+                    # Silent while another server answered: last in line until it
+                    # answers (its attempt, still running, records what it finds).
+                    host_status.record_down(host, self.policy.host_recheck)
+        if winner is None:
+            winner = fallback
+        elif fallback is not None:
+            self.driver.close_quietly(fallback.connection)
+        return _Walk(winner, [failures[h] for h in hosts if h in failures])
+
+    # -- until a deadline -----------------------------------------------------------------
+
+    def connect(
+        self,
+        params: Mapping[str, Any],
+        deadline: float | None = None,
+        keep_waiting: Callable[[], bool] = lambda: True,
+    ) -> Landing:
+        """A connection to a suitable server, waiting for one until ``deadline``.
+
+        Raises the driver's OperationalError, one line per host, when every
+        host refused for good, or at the deadline (default: ``retry_timeout``
+        from now). ``deadline=None`` and ``keep_waiting`` let a pool's worker
+        wait for as long as the pool is open.
+        """
+        params = {k: v for k, v in params.items() if k not in _WALK_KEYWORDS}
+        policy = self.policy
+        started = time.monotonic()
+        if deadline is None:
+            deadline = started + policy.retry_timeout
+        refused: dict[Host, HostFailure] = {}
+        latest: dict[Host, HostFailure] = {}
+        passes = 0
+        while True:
+            passes += 1
+            candidates = [h for h in self.ordered_hosts() if h not in refused]
+            walk = self.walk(params, candidates)
+            self._report_failures(walk.failures, passes)
+            if walk.landing is not None:
+                self.failing = self.refused_for_good = False
+                landing = walk.landing
+                landing.passes, landing.elapsed = passes, time.monotonic() - started
+                self._report_connected(landing)
+                return landing
+            for failure in walk.failures:
+                latest[failure.host] = failure
+                if failure.final:
+                    refused[failure.host] = failure
+            self.last_failures = [latest[h] for h in self.hosts if h in latest]
+            self.failing = True
+            elapsed = time.monotonic() - started
+            cause = next((f.error for f in reversed(walk.failures) if f.error), None)
+            if len(refused) == len(self.hosts):
+                self.refused_for_good = True
+                logger.error(
+                    "database alias %r: every host refused the connection for good (%s)",
+                    self.alias,
+                    self._summary(self.last_failures),
+                )
+                raise self._error(passes, elapsed, self._REFUSED) from cause
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not keep_waiting():
+                logger.error(
+                    "database alias %r: giving up after %d attempt(s) in %.2fs",
+                    self.alias,
+                    passes,
+                    elapsed,
+                )
+                raise self._error(passes, elapsed, "retry_timeout reached") from cause
+            # The last pause is cut short so that one more try lands on the deadline.
+            pause = min(policy.backoff(passes), remaining)
+            logger.warning(
+                "database alias %r: connection attempt %d failed after %.2fs (%s); "
+                "retrying in %.2fs",
+                self.alias,
+                passes,
+                elapsed,
+                self._summary(walk.failures),
+                pause,
+            )
+            time.sleep(pause)
+
+    def ordered_hosts(self) -> tuple[Host, ...]:
+        if self.policy.host_recheck > 0:
+            return host_status.order(self.hosts, self.target_session_attrs, self.shuffle)
+        if self.shuffle:
+            return tuple(random.sample(self.hosts, len(self.hosts)))
+        return self.hosts
+
+    # -- reporting ---------------------------------------------------------------------
+
+    @staticmethod
+    def _summary(failures: Sequence[HostFailure]) -> str:
+        return "; ".join(f"{f.host} {f.reason}" for f in failures) or "no host tried"
+
+    _REFUSED = "not retried: waiting will not fix it"
+
+    def give_up_error(self, elapsed: float) -> Exception:
+        """The error for a caller that waited ``elapsed`` seconds for a pool's connection."""
+        outcome = self._REFUSED if self.refused_for_good else "retry_timeout reached"
+        return self._error(None, elapsed, outcome)
+
+    def _error(self, passes: int | None, elapsed: float, outcome: str) -> Exception:
+        lines = [f"  {f.host}: {f.reason}" for f in self.last_failures]
+        return self.driver.operational_error(
+            f"could not connect to database alias {self.alias!r} "
+            f"(target_session_attrs={self.target_session_attrs}) after "
+            + (f"{passes} attempt(s) in " if passes else "")
+            + f"{elapsed:.1f}s, {outcome}:\n"
+            + "\n".join(lines)
+        )
+
+    def _report_failures(self, failures: Sequence[HostFailure], attempt: int) -> None:
+        for failure in failures:
+            logger.debug(
+                "database alias %r: attempt %d: %s failed: %s",
+                self.alias,
+                attempt,
+                failure.host,
+                failure.reason,
+            )
+            signals.host_attempt_failed.send(
+                sender=self.sender,
+                alias=self.alias,
+                host=failure.host.host,
+                port=failure.host.port,
+                reason=failure.reason,
+                attempt=attempt,
+            )
+
+    def _report_connected(self, landing: Landing) -> None:
+        role = landing.role.value if landing.role else None
+        logger.log(
+            logging.INFO if landing.passes > 1 else logging.DEBUG,
+            "database alias %r: connected to %s (%s) after %d attempt(s) in %.2fs",
+            self.alias,
+            landing.host,
+            role or "role not reported",
+            landing.passes,
+            landing.elapsed,
+        )
+        signals.connection_established.send(
+            sender=self.sender,
+            alias=self.alias,
+            host=landing.host.host,
+            port=landing.host.port,
+            role=role,
+            attempts=landing.passes,
+            elapsed=landing.elapsed,
+        )

@@ -1,0 +1,41 @@
+"""The PostgreSQL driver Django uses, behind one small interface.
+
+Django uses psycopg 3 whenever it can import it, and psycopg2 otherwise
+(``django.db.backends.postgresql.psycopg_any``); this package follows the
+same choice. Everything that knows a driver (exception types, SQLSTATEs,
+connection state, libpq) lives in one module per driver; nothing else in the
+package imports psycopg or psycopg2.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from django.core.exceptions import ImproperlyConfigured
+
+from .base import Driver, TransactionStatus
+
+__all__ = ["Driver", "TransactionStatus", "get_driver"]
+
+INSTALL_HINT = (
+    "pip install 'django-pg-failover[psycopg]' (psycopg 3, with its connection pool) "
+    "or 'django-pg-failover[psycopg2]'"
+)
+
+
+@functools.cache
+def get_driver() -> Driver:
+    """The driver Django uses in this process, checked against our minimum versions."""
+    try:
+        from django.db.backends.postgresql.psycopg_any import is_psycopg3
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"django_pg_failover needs a PostgreSQL driver: {INSTALL_HINT}"
+        ) from exc
+    if is_psycopg3:
+        from .psycopg3 import Psycopg3Driver as driver_class
+    else:
+        from .psycopg2 import Psycopg2Driver as driver_class
+    driver = driver_class()
+    driver.check_version()
+    return driver

@@ -1,0 +1,170 @@
+"""What the backend needs to know about a driver, and what both drivers share."""
+
+from __future__ import annotations
+
+import abc
+import enum
+import re
+from collections.abc import Mapping
+from contextlib import suppress
+from types import ModuleType
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+# SQLSTATEs after which the session is gone: class 08 (connection exception),
+# admin_shutdown, crash_shutdown, cannot_connect_now.
+_LOST_CLASSES = ("08",)
+_LOST_STATES = frozenset({"57P01", "57P02", "57P03"})
+READ_ONLY_SQL_TRANSACTION = "25006"
+
+# libpq's preamble before the reason one host failed.
+_HOST_PREAMBLE = re.compile(
+    r'^(?:connection failed: )?connection to server (?:at "[^"]*"(?: \([^)]*\))?, port \d+'
+    r'|on socket "[^"]*") failed: '
+)
+
+
+class TransactionStatus(enum.Enum):
+    """libpq's view of the session's transaction (``PQtransactionStatus``)."""
+
+    IDLE = "idle"
+    ACTIVE = "active"
+    IN_TRANSACTION = "in transaction"
+    IN_ERROR = "in error"
+    UNKNOWN = "unknown"  # the connection is bad
+
+
+class Driver(abc.ABC):
+    """One PostgreSQL driver as the backend uses it. Instances are stateless."""
+
+    #: The distribution name, as pip knows it.
+    name: str
+    #: The DB-API module Django uses (``Database`` in Django's backend).
+    module: ModuleType
+    #: The oldest release this backend supports, and why.
+    minimum_version: tuple[int, ...]
+    minimum_reason: str
+
+    # -- identity ---------------------------------------------------------------------
+
+    @property
+    def version(self) -> str:
+        return self.module.__version__.split()[0]
+
+    @abc.abstractmethod
+    def libpq_version(self) -> int:
+        """libpq's version number, e.g. 170006."""
+
+    def label(self) -> str:
+        return f"{self.name} {self.version}, libpq {self.libpq_version()}"
+
+    def check_version(self) -> None:
+        if _version_tuple(self.version) < self.minimum_version:
+            wanted = ".".join(map(str, self.minimum_version))
+            raise ImproperlyConfigured(
+                f"django_pg_failover needs {self.name} >= {wanted} ({self.minimum_reason}); "
+                f"this environment has {self.name} {self.version}: "
+                f"pip install --upgrade '{self.name}>={wanted}'"
+            )
+
+    # -- connecting -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def connect(self, params: Mapping[str, Any]) -> Any:
+        """A new connection to the one host ``params`` names."""
+
+    @abc.abstractmethod
+    def connect_wait(self, connect_timeout: int) -> float:
+        """Seconds a connect really waits on a silent host when told ``connect_timeout``."""
+
+    @abc.abstractmethod
+    def is_libpq_keyword(self, key: str) -> bool:
+        """Whether libpq knows this connection keyword (libpq's own parser decides)."""
+
+    @abc.abstractmethod
+    def parse_conninfo(self, conninfo: str) -> dict[str, str]:
+        """A libpq connection string or URI as keywords, parsed by libpq itself."""
+
+    @abc.abstractmethod
+    def is_connect_timeout(self, exc: BaseException) -> bool:
+        """Whether a failed connect gave up waiting for the host (no answer)."""
+
+    def connect_failure_reason(self, exc: BaseException) -> str:
+        """Why a connect to one host failed: libpq's reason, without its preamble."""
+        if self.is_connect_timeout(exc):
+            return "timeout expired"
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        if not lines:
+            return type(exc).__name__
+        return _HOST_PREAMBLE.sub("", lines[0])
+
+    # -- an open connection -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def landed_on(self, connection: Any) -> tuple[str, int]:
+        """The host and port a connection reached."""
+
+    @abc.abstractmethod
+    def parameter_status(self, connection: Any, name: str) -> str | None:
+        """A setting the server reports to the client (``ParameterStatus``), no round trip."""
+
+    @abc.abstractmethod
+    def transaction_status(self, connection: Any) -> TransactionStatus:
+        """libpq's view of the transaction; no round trip."""
+
+    @abc.abstractmethod
+    def is_closed(self, connection: Any) -> bool:
+        """Closed by the code, or found broken by the driver."""
+
+    @abc.abstractmethod
+    def socket_fd(self, connection: Any) -> int | None:
+        """The connection's socket, None once closed."""
+
+    @abc.abstractmethod
+    def consume_input(self, connection: Any) -> None:
+        """Read what the server sent unasked; raise the driver's error if it hung up."""
+
+    def close_quietly(self, connection: Any) -> None:
+        with suppress(Exception):
+            connection.close()
+
+    # -- errors -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def sqlstate(self, exc: BaseException | None) -> str | None:
+        """The SQLSTATE the server sent with this error, if any."""
+
+    def connection_lost(self, exc: BaseException, connection: Any) -> bool:
+        """True when the error left the session unusable (server gone, link broken)."""
+        module = self.module
+        if isinstance(exc, (module.OperationalError, module.InterfaceError)) and self.is_closed(
+            connection
+        ):
+            return True
+        code = self.sqlstate(exc)
+        return bool(code) and (code.startswith(_LOST_CLASSES) or code in _LOST_STATES)
+
+    def server_read_only(self, exc: BaseException) -> bool:
+        """True for "cannot execute ... in a read-only transaction" (25006)."""
+        return self.sqlstate(exc) == READ_ONLY_SQL_TRANSACTION
+
+    def operational_error(self, message: str) -> Exception:
+        """The driver's OperationalError: Django turns it into its own and chains it."""
+        return self.module.OperationalError(message)
+
+    # -- queries ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def is_raw_sql(self, value: Any) -> bool:
+        """A query parameter the driver pastes into the SQL as it is."""
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    numbers = []
+    for part in version.split("."):
+        digits = re.match(r"\d+", part)
+        if not digits:
+            break
+        numbers.append(int(digits.group()))
+    return tuple(numbers)

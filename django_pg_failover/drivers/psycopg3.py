@@ -1,0 +1,90 @@
+"""psycopg 3 (the ``psycopg`` distribution)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+from psycopg import conninfo, pq
+
+from .base import Driver, TransactionStatus
+
+_TRANSACTION_STATUS = {
+    pq.TransactionStatus.IDLE: TransactionStatus.IDLE,
+    pq.TransactionStatus.ACTIVE: TransactionStatus.ACTIVE,
+    pq.TransactionStatus.INTRANS: TransactionStatus.IN_TRANSACTION,
+    pq.TransactionStatus.INERROR: TransactionStatus.IN_ERROR,
+}
+
+
+class Psycopg3Driver(Driver):
+    name = "psycopg"
+    module = psycopg
+    # 3.1.17 connects to every address of a host name that resolves to several
+    # (localhost: ::1 and 127.0.0.1); before it, only the first was tried.
+    minimum_version = (3, 1, 17)
+    minimum_reason = "it tries every address of a host name"
+
+    def libpq_version(self) -> int:
+        return pq.version()
+
+    def connect(self, params: Mapping[str, Any]) -> Any:
+        return psycopg.Connection.connect(**params)
+
+    def connect_wait(self, connect_timeout: int) -> float:
+        # psycopg 3 enforces connect_timeout itself, at least 2 seconds whatever libpq.
+        return max(connect_timeout, 2)
+
+    def is_libpq_keyword(self, key: str) -> bool:
+        return _is_libpq_keyword(key)
+
+    def parse_conninfo(self, text: str) -> dict[str, str]:
+        return {key: str(value) for key, value in conninfo.conninfo_to_dict(text).items()}
+
+    def is_connect_timeout(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.errors.ConnectionTimeout)
+
+    def landed_on(self, connection: Any) -> tuple[str, int]:
+        return connection.info.host, int(connection.info.port)
+
+    def parameter_status(self, connection: Any, name: str) -> str | None:
+        return connection.info.parameter_status(name)
+
+    def transaction_status(self, connection: Any) -> TransactionStatus:
+        status = connection.info.transaction_status
+        return _TRANSACTION_STATUS.get(status, TransactionStatus.UNKNOWN)
+
+    def is_closed(self, connection: Any) -> bool:
+        return connection.closed or connection.broken
+
+    def socket_fd(self, connection: Any) -> int | None:
+        if connection.closed:
+            return None
+        try:
+            return connection.pgconn.socket
+        except psycopg.OperationalError:
+            return None
+
+    def consume_input(self, connection: Any) -> None:
+        connection.pgconn.consume_input()
+        if connection.pgconn.status == pq.ConnStatus.BAD:
+            raise psycopg.OperationalError("the server closed the connection")
+
+    def sqlstate(self, exc: BaseException | None) -> str | None:
+        return getattr(exc, "sqlstate", None)
+
+    def is_raw_sql(self, value: Any) -> bool:
+        # psycopg 3 has no parameter type it pastes into the SQL: sql.SQL and
+        # friends are refused as parameters ("cannot adapt type 'SQL'").
+        return False
+
+
+@functools.lru_cache(maxsize=256)
+def _is_libpq_keyword(key: str) -> bool:
+    try:
+        conninfo.conninfo_to_dict(conninfo.make_conninfo(**{key: "x"}))
+    except psycopg.ProgrammingError:
+        return False
+    return True

@@ -1,0 +1,175 @@
+"""Django's connection pool (``OPTIONS["pool"]``, psycopg 3) with the backend's guarantees.
+
+Django builds a ``psycopg_pool.ConnectionPool`` whose connections come from
+libpq's own walk of the host list, and whose failures only reach the
+``psycopg.pool`` logger. :class:`FailoverPool` differs in four ways:
+
+- its connections are opened by the backend's :class:`~.connect.Connector`:
+  the host status memory's order, the signals, the log, the verdict per host;
+- a connection opened for the pool waits for a suitable server for as long as
+  the pool is open, so that the pool never backs off (or gives up, after
+  ``reconnect_timeout``) while no primary exists, and a new primary serves
+  requests as soon as it answers;
+- a connection is checked before it is handed out: its socket always (no round
+  trip, :mod:`.liveness`), and with ``CONN_HEALTH_CHECKS`` a round trip that
+  also shows a server fenced read-only; one that fails is replaced at once
+  with every other idle connection (the server it reached is gone or
+  demoted), instead of failing one request each;
+- waiting for a connection ends with the backend's error naming each host
+  after ``retry_timeout`` when no server could be reached (the pool's
+  ``timeout`` still bounds waiting for a busy pool).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from . import signals
+from .connect import server_role
+from .liveness import idle_connection_failure
+from .status import host_status
+from .targets import WRITABLE
+
+if TYPE_CHECKING:
+    from .connect import Connector
+
+logger = logging.getLogger("django_pg_failover")
+
+#: How long one wait on the pool lasts before the hosts' state is looked at again.
+_WAIT_SLICE = 0.1
+
+# ConnectionPool arguments Django (or this backend) sets itself.
+RESERVED_POOL_OPTIONS = frozenset({"kwargs", "conninfo", "open", "configure", "connection_class"})
+
+
+class _Opener:
+    """The pool's ``connection_class``: what it calls to open a connection."""
+
+    def __init__(self, pool: FailoverPool) -> None:
+        self.pool = pool
+
+    def connect(self, conninfo: str = "", **kwargs: Any) -> Any:
+        return self.pool.open_connection(kwargs)
+
+
+class FailoverPool(ConnectionPool):
+    def __init__(
+        self,
+        *,
+        connector: Connector,
+        health_checks: bool,
+        kwargs: Mapping[str, Any],
+        **options: Any,
+    ) -> None:
+        self.connector = connector
+        self.health_checks = health_checks
+        super().__init__(kwargs=dict(kwargs), **options)
+        self.connection_class = _Opener(self)  # type: ignore[assignment]
+
+    # -- opening connections (in the pool's worker threads) ----------------------------
+
+    def open_connection(self, kwargs: Mapping[str, Any]) -> Any:
+        landing = self.connector.connect(
+            kwargs, deadline=math.inf, keep_waiting=lambda: not self.closed
+        )
+        return landing.connection
+
+    # -- handing them out ----------------------------------------------------------------
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        started = time.monotonic()
+        pool_deadline = started + (self.timeout if timeout is None else timeout)
+        hosts_deadline = started + self.connector.policy.retry_timeout
+        while True:
+            now = time.monotonic()
+            try:
+                connection = super().getconn(
+                    timeout=max(min(pool_deadline - now, _WAIT_SLICE), 0.001)
+                )
+            except PoolTimeout:
+                now = time.monotonic()
+                failing = self.connector.failing
+                if failing and (self.connector.refused_for_good or now >= hosts_deadline):
+                    raise self.connector.give_up_error(now - started) from None
+                if now >= pool_deadline:
+                    raise
+                continue
+            failure = self._checkout_failure(connection)
+            if failure is None:
+                return connection
+            self._replace(connection, failure)
+
+    def _checkout_failure(self, connection: Any) -> BaseException | None:
+        driver = self.connector.driver
+        failure = idle_connection_failure(driver, connection)
+        if failure is not None or not self.health_checks:
+            return failure
+        try:
+            connection.execute("")  # psycopg_pool's check_connection
+        except driver.module.Error as exc:
+            return exc
+        if self.connector.target_session_attrs in WRITABLE and (
+            driver.parameter_status(connection, "in_hot_standby") == "on"
+            or driver.parameter_status(connection, "default_transaction_read_only") == "on"
+        ):
+            return driver.operational_error("the server turned read-only")
+        return None
+
+    def _replace(self, connection: Any, failure: BaseException) -> None:
+        """A checked-out connection failed its check: drop it and its idle siblings."""
+        connector = self.connector
+        driver = connector.driver
+        host, port = driver.landed_on(connection)
+        server = next((h for h in connector.hosts if (h.host, h.port) == (host, port)), None)
+        role = None if driver.is_closed(connection) else server_role(driver, connection)
+        driver.close_quietly(connection)
+        self.putconn(connection)  # closed: discarded and replaced
+        self.drain()
+        if server is not None:
+            if role is None:
+                host_status.record_down(server, connector.policy.host_recheck)
+            else:
+                host_status.record_role(server, role, connector.policy.host_recheck)
+        logger.warning(
+            "database alias %r: idle pooled connection to %s:%s failed its check (%s: %s); "
+            "idle connections replaced",
+            connector.alias,
+            host,
+            port,
+            type(failure).__name__,
+            next(iter(str(failure).strip().splitlines()), ""),
+        )
+        signals.connection_lost.send(
+            sender=connector.sender,
+            alias=connector.alias,
+            host=host,
+            port=port,
+            error=failure,
+            in_atomic_block=False,
+        )
+
+
+def build_pool(wrapper: Any) -> FailoverPool:
+    """The pool of one alias (Django keeps one per alias, shared by every thread)."""
+    settings = wrapper.failover_settings  # validates OPTIONS["pool"] too
+    pool_options = wrapper.settings_dict["OPTIONS"]["pool"]
+    options = {} if pool_options is True else dict(pool_options)
+    kwargs = wrapper.get_connection_params()
+    # Django's pool opens connections in autocommit; Django sets the mode later.
+    kwargs["autocommit"] = True
+    return FailoverPool(
+        connector=wrapper.make_connector(settings),
+        # The checks of a checkout are the pool's own (see getconn()); a check
+        # given in OPTIONS (Django 6.1+) runs as well, in psycopg_pool's way.
+        health_checks=wrapper.settings_dict["CONN_HEALTH_CHECKS"],
+        kwargs=kwargs,
+        open=False,  # Django opens the pool on first use
+        configure=wrapper._configure_connection,
+        **options,
+    )
