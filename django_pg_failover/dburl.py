@@ -534,7 +534,7 @@ def _django_settings(
 
 
 def _base_options(options: Any) -> dict[str, Any]:
-    """``options=``, checked like ``OPTIONS`` (its values are never quoted: code may hold secrets)."""
+    """``options=`` checked like ``OPTIONS``, with its own copy of ``failover``."""
     if options is None:
         return {}
     try:
