@@ -69,14 +69,17 @@ _SECRET_PARAMS = frozenset({"password", "sslpassword"})
 # libpq's compiled-in SYSCONFDIR in the psycopg2-binary and psycopg-binary wheels,
 # and in Debian's and Ubuntu's libpq.
 _SYSCONFDIR = "/etc/postgresql-common"
-# Scrubbing a shorter "password" out of messages would blank out ordinary words.
+# Scrubbing a shorter "password", or shorter runs of one, out of messages would
+# blank out ordinary words.
 _MIN_SECRET = 3
+_MIN_RUN = 4
 _WEAKER_THAN_REQUIRE = frozenset({"", "disable", "allow", "prefer"})
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 _DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)", re.ASCII)
 _INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 _KEYWORD = re.compile(r"[a-z_]+")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _QUOTED = re.compile(r'"([^"]*)"')
 _NO_HOST_HINT = (
@@ -243,7 +246,13 @@ def _take_backend_params(uri: _Uri) -> tuple[dict[str, str], _Uri]:
                 raise _Problem(f"{key} is given twice")
             taken[key] = unquote(raw_value)
         else:
-            if equals and key and not _is_uri_param(key):
+            if equals and not _NAME.fullmatch(key):
+                # Not a name: most likely a piece of a password libpq would cut at a '?'.
+                raise _Problem(
+                    "a query parameter has no valid name: write '/', '?', '@' and '&' in a "
+                    "user name or password as %2F, %3F, %40 and %26"
+                )
+            if equals and not _is_uri_param(key):
                 raise _Problem(_unknown_parameter(key, ours))
             kept.append(part)
         after_secret = key in _SECRET_PARAMS
@@ -262,15 +271,17 @@ def _unknown_parameter(key: str, ours: Mapping[str, object]) -> str:
 
 
 def _libpq_problem(message: str) -> str:
-    """libpq's message, keeping only what it quotes that cannot be a secret."""
+    """libpq's message, cut at the first thing it quotes that may be a secret.
 
-    def keep(match: re.Match[str]) -> str:
+    libpq quotes keywords, but also the whole URI or the part of it it choked
+    on; a quote inside a password would make any finer cut unreliable.
+    """
+    text = " ".join(message.split())
+    for match in _QUOTED.finditer(text):
         quoted = match.group(1)
-        if _is_libpq_keyword(quoted) or re.fullmatch(r"[^\w\s]", quoted):
-            return match.group(0)
-        return '"…"'
-
-    return "libpq cannot read it: " + _QUOTED.sub(keep, " ".join(message.split()))
+        if not (_is_libpq_keyword(quoted) or re.fullmatch(r"[^\w\s]", quoted)):
+            return f'libpq cannot read it: {text[: match.start()]}"…"'
+    return f"libpq cannot read it: {text}"
 
 
 # -- the entry ----------------------------------------------------------------------------
@@ -576,9 +587,17 @@ def _secrets(url: str) -> list[str]:
 
 
 def _redact(message: str, secrets: list[str]) -> str:
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        if len(secret) >= _MIN_SECRET:
-            message = message.replace(secret, "***")
+    """``message`` without any secret, nor any run of ``_MIN_RUN`` characters of one.
+
+    The runs catch a password that libpq cut apart (at a '?', a '&') and whose
+    pieces ended up where messages quote values.
+    """
+    for secret in sorted({s for s in secrets if len(s) >= _MIN_SECRET}, key=len, reverse=True):
+        for size in range(len(secret), min(_MIN_RUN, len(secret)) - 1, -1):
+            for start in range(len(secret) - size + 1):
+                piece = secret[start : start + size]
+                if piece in message:
+                    message = message.replace(piece, "***")
     return message
 
 
