@@ -24,7 +24,7 @@ Who reads what:
   parameters are copied into the entry; ``service`` itself is not passed on, so
   what connects is exactly what ``config()`` returned and validated.
 
-Service files, as libpq finds them: ``servicefile=`` (libpq 18) or
+Service files, as libpq finds them: ``servicefile=`` (newer libpq) or
 ``$PGSERVICEFILE`` (which must exist), otherwise ``~/.pg_service.conf`` if it
 exists; then ``$PGSYSCONFDIR/pg_service.conf``, where ``PGSYSCONFDIR`` defaults
 to ``/etc/postgresql-common`` (what the psycopg2 and psycopg binary wheels' libpq
@@ -34,9 +34,12 @@ given in the URL wins over the service's.
 
 Errors: one :class:`~.exceptions.DatabaseURLError` (an ``ImproperlyConfigured``)
 that starts with where the URL came from (``DATABASE_URL: ...``). It never
-contains the password: messages do not quote the part of the URL before the
-hosts, libpq's own messages keep only the connection keywords they quote, and
-every message is scrubbed of anything that may be the password.
+contains the password: a URL that libpq would cut inside a password (an
+unencoded '@', '/', '?' or '&') is refused without quoting it, messages quote
+only what comes after the user name and password, libpq's own messages are cut
+at the first thing they quote that is not a keyword, and every message is
+scrubbed of anything that may be the password and of any run of four of its
+characters. The driver's own exception (its text quotes the URL) is not chained.
 """
 
 from __future__ import annotations

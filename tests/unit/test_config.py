@@ -89,7 +89,8 @@ def assert_round_trip(url: str, entry: dict[str, Any], driver: str) -> None:
     kept = [p for p in query.split("&") if p and p.partition("=")[0] not in ours]
     libpq = libpq_parse(url.partition("?")[0] + ("?" + "&".join(kept) if kept else ""), driver)
     params = backend_params(entry)
-    assert [Host(h.host, h.port) for h in parse_hosts(entry["HOST"], entry["PORT"])] == [
+    # libpq's hosts as the backend normalises any HOST entry (IPv6 compressed).
+    assert list(parse_hosts(entry["HOST"], entry["PORT"])) == [
         parse_hosts([{"host": h.host, "port": h.port}])[0] for h in libpq_hosts(libpq)
     ]
     for key, value in libpq.items():
