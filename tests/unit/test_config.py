@@ -785,9 +785,11 @@ def test_generated_urls(
 def test_importing_the_package_and_config_load_neither_django_db_nor_a_driver() -> None:
     code = (
         "import sys, django_pg_failover\n"
-        "loaded = [m for m in sys.modules if m.startswith(('django.db', 'psycopg'))]\n"
-        "assert not loaded, loaded\n"
-        "django_pg_failover.config(url='postgresql://db1,db2/app')\n"
+        "loaded = [m for m in sys.modules if m.startswith(('django', 'psycopg'))]\n"
+        "assert loaded == ['django_pg_failover'], loaded\n"
+        "from django_pg_failover import config\n"
+        "assert not [m for m in sys.modules if m.startswith(('django.db', 'psycopg'))]\n"
+        "config(url='postgresql://db1,db2/app')\n"
         "assert not [m for m in sys.modules if m.startswith('django.db')]\n"
         "print('ok')\n"
     )
