@@ -233,8 +233,7 @@ def main() -> int:
             flush=True,
         )
         os.environ["DJANGO_SETTINGS_MODULE"] = "testproject.settings"
-        os.environ["PG_FAILOVER_HOSTS"] = ",".join(cluster.hosts())
-        os.environ["PG_FAILOVER_PASSWORD"] = cluster.password
+        os.environ["DATABASE_URL"] = cluster.database_url()
         import django
         from django.core.management import call_command
         from django.db import connections

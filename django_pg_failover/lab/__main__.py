@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from .binaries import find_install
 from .cluster import Cluster, default_lab_dir, status_as_dicts
@@ -26,6 +28,14 @@ def databases_snippet(cluster: Cluster) -> str:
         ],
     }}
 }}"""
+
+
+def database_url_line(cluster: Cluster) -> str:
+    """A shell line that sets DATABASE_URL; the password is read from its file, not printed."""
+    # The lab's password is URL-safe: as read from the file, it needs no encoding.
+    read = f"$(cat {shlex.quote(str(cluster.password_file))})"
+    url = cluster.database_url().replace(quote(cluster.password, safe=""), read, 1)
+    return f'export DATABASE_URL="{url}"'
 
 
 def format_status(cluster: Cluster) -> str:
@@ -57,6 +67,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     print(format_status(cluster))
     print("\nPaste into your settings:\n")
     print(databases_snippet(cluster))
+    print("\nOr keep DATABASES = {'default': django_pg_failover.config()} and set:\n")
+    print(database_url_line(cluster))
     return 0
 
 

@@ -15,6 +15,7 @@ from contextlib import closing, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from .binaries import PgInstall, find_install
 from .errors import LabError, LabTimeout
@@ -340,6 +341,19 @@ class Cluster:
             )
         database.update(overrides)
         return database
+
+    def database_url(
+        self, hosts: list[str] | None = None, dbname: str = APP_DATABASE, **params: Any
+    ) -> str:
+        """libpq's multi-host URL for ``DATABASE_URL`` (:func:`django_pg_failover.config`).
+
+        ``hosts`` are ``host:port`` entries (every node, in order, by default);
+        ``params`` go to the query string (``retry_timeout=15``).
+        """
+        netloc = ",".join(hosts if hosts is not None else self.hosts())
+        query = f"?{urlencode(params)}" if params else ""
+        password = quote(self.password, safe="")
+        return f"postgresql://{APP_USER}:{password}@{netloc}/{quote(dbname, safe='')}{query}"
 
     # -- faults -------------------------------------------------------------------
 

@@ -1,7 +1,11 @@
 """Settings of the example project: a small shop on a PostgreSQL host list.
 
-The database comes from the environment (``PG_FAILOVER_HOSTS`` and friends)
-or, when that is not set, from a lab started with
+The database comes from ``DATABASE_URL``, libpq's multi-host URL, the
+twelve-factor way::
+
+    DATABASE_URL='postgresql://app:secret@db1:5432,db2:5432/app?retry_timeout=15'
+
+When it is not set, from a lab started with
 ``python -m django_pg_failover.lab start``.
 """
 
@@ -9,29 +13,20 @@ import os
 
 from django.core.exceptions import ImproperlyConfigured
 
+import django_pg_failover
 
-def database_from_environment() -> dict:
-    hosts = os.environ.get("PG_FAILOVER_HOSTS")
-    if hosts:
-        return {
-            "ENGINE": "django_pg_failover",
-            "HOST": hosts,
-            "NAME": os.environ.get("PG_FAILOVER_NAME", "app"),
-            "USER": os.environ.get("PG_FAILOVER_USER", "app"),
-            "PASSWORD": os.environ.get("PG_FAILOVER_PASSWORD", ""),
-            "OPTIONS": {"connect_timeout": 2, "failover": {"retry_timeout": 15.0}},
-        }
+
+def lab_url() -> str:
+    """The URL of the lab in the default folder, for when DATABASE_URL is not set."""
     from django_pg_failover.lab import Cluster, LabError
     from django_pg_failover.lab.cluster import default_lab_dir
 
     try:
-        return Cluster.load(default_lab_dir()).django_database(
-            OPTIONS={"connect_timeout": 2, "failover": {"retry_timeout": 15.0}}
-        )
+        return Cluster.load(default_lab_dir()).database_url()
     except LabError as exc:
         raise ImproperlyConfigured(
-            f"{exc}. Set PG_FAILOVER_HOSTS (e.g. 'db1:5432,db2:5432'), or start a lab "
-            "with: python -m django_pg_failover.lab start"
+            f"{exc}. Set DATABASE_URL (e.g. 'postgresql://app:secret@db1,db2:5433/app'), "
+            "or start a lab with: python -m django_pg_failover.lab start"
         ) from None
 
 
@@ -47,7 +42,14 @@ INSTALLED_APPS = [
 ]
 MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
 ROOT_URLCONF = "testproject.urls"
-DATABASES = {"default": database_from_environment()}
+DATABASES = {
+    "default": django_pg_failover.config(
+        # The lab is looked up only when the environment names no database.
+        default=None if os.environ.get("DATABASE_URL", "").strip() else lab_url(),
+        # Defaults for this demo; the URL's own parameters win.
+        options={"connect_timeout": 2, "failover": {"retry_timeout": 15.0}},
+    )
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGGING = {
     "version": 1,

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.timeout(180)
 TESTPROJECT = Path(__file__).resolve().parents[2] / "testproject"
 
 
-def project_env(cluster: Cluster, **extra: str) -> dict[str, str]:
-    """testproject's environment: a dead host and the standbys before the primary."""
+def project_env(cluster: Cluster, dbname: str = "app", **extra: str) -> dict[str, str]:
+    """testproject's environment: DATABASE_URL with a dead host and the standbys first."""
     hosts = [
         f"127.0.0.1:{free_port()}",
         *(f"127.0.0.1:{n.port}" for n in cluster.standbys),
@@ -28,8 +28,7 @@ def project_env(cluster: Cluster, **extra: str) -> dict[str, str]:
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/"),
         "DJANGO_SETTINGS_MODULE": "testproject.settings",
-        "PG_FAILOVER_HOSTS": ",".join(hosts),
-        "PG_FAILOVER_PASSWORD": cluster.password,
+        "DATABASE_URL": cluster.database_url(hosts, dbname),
         **extra,
     }
 
@@ -42,9 +41,7 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 def test_migrate_runs_on_the_primary(cluster: Cluster) -> None:
     cluster.primary.query("CREATE DATABASE migrate_check OWNER app")
-    result = run(
-        ["manage.py", "migrate", "-v", "1"], project_env(cluster, PG_FAILOVER_NAME="migrate_check")
-    )
+    result = run(["manage.py", "migrate", "-v", "1"], project_env(cluster, dbname="migrate_check"))
     assert result.returncode == 0, result.stderr
     assert "Applying shop.0001_initial... OK" in result.stdout
     cluster.wait_replayed()
@@ -89,9 +86,26 @@ def test_dbshell_opens_psql_on_the_primary(cluster: Cluster) -> None:
     assert result.stdout.strip() == f"{cluster.primary.port}|f"
 
 
-def test_dbshell_reports_bad_hosts_with_the_alias(cluster: Cluster) -> None:
-    env = project_env(cluster)
-    env["PG_FAILOVER_HOSTS"] = "127.0.0.1:5432,,"
+def test_dbshell_reports_bad_hosts_with_the_alias(cluster: Cluster, tmp_path: Path) -> None:
+    # config() refuses such a URL itself: the bad HOST is set in the settings.
+    (tmp_path / "bad_hosts.py").write_text(
+        "from testproject.settings import *\nDATABASES['default']['HOST'] = '127.0.0.1:5432,,'\n"
+    )
+    env = project_env(cluster, DJANGO_SETTINGS_MODULE="bad_hosts", PYTHONPATH=str(tmp_path))
     result = run(["manage.py", "dbshell"], env)
     assert result.returncode != 0
     assert result.stderr.strip() == "CommandError: DATABASES['default']['HOST']: entry 2 is empty"
+
+
+def test_bad_database_url_stops_manage_py_with_one_line_and_no_password(cluster: Cluster) -> None:
+    env = project_env(cluster)
+    env["DATABASE_URL"] = f"postgresql://app:Zq7%40pw-{cluster.password}@127.0.0.1:5432,,/app"
+    result = run(["manage.py", "check"], env)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "django_pg_failover.exceptions.DatabaseURLError: DATABASE_URL: host 2 of 3 is empty "
+        "(libpq would use its default socket folder, which this backend never guesses); "
+        "name it, e.g. %2Fvar%2Frun%2Fpostgresql"
+    )
+    assert cluster.password not in result.stderr + result.stdout
+    assert "Zq7" not in result.stderr + result.stdout

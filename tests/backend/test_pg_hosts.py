@@ -383,8 +383,7 @@ def manage_py(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/"),
         "DJANGO_SETTINGS_MODULE": "testproject.settings",
-        "PG_FAILOVER_HOSTS": ",".join(address(n) for n in cluster.nodes),
-        "PG_FAILOVER_PASSWORD": cluster.password,
+        "DATABASE_URL": cluster.database_url([address(n) for n in cluster.nodes]),
     }
     result = subprocess.run(
         [sys.executable, "manage.py", "pg_hosts", *args],

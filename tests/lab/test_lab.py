@@ -228,6 +228,16 @@ def test_command_line_start_status_failover_stop(pg_lab: Cluster, tmp_path_facto
         assert '"ENGINE": "django_pg_failover"' in started.stdout
         password = (lab_dir / "password").read_text()
         assert password not in started.stdout
+        # The DATABASE_URL line works as printed, in a shell.
+        export = started.stdout.strip().splitlines()[-1]
+        assert export.startswith('export DATABASE_URL="postgresql://app:$(cat ')
+        shell = subprocess.run(
+            ["sh", "-c", f'{export}; printf %s "$DATABASE_URL"'],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert shell.stdout == Cluster.load(lab_dir).database_url()
 
         status = run_lab("status", "--json", lab_dir=lab_dir)
         assert status.returncode == 0, status.stderr

@@ -140,13 +140,23 @@ def test_good_settings_pass_the_checks() -> None:
     assert database_problems(databases) == []
 
 
-def test_manage_py_check_reports_bad_hosts_before_connecting() -> None:
+def test_manage_py_check_reports_bad_hosts_before_connecting(tmp_path: Path) -> None:
+    # config() refuses such hosts in a URL itself: the bad HOST is set in the settings.
+    (tmp_path / "bad_hosts.py").write_text(
+        "from testproject.settings import *\n"
+        "DATABASES['default']['HOST'] = '127.0.0.1:5432,,127.0.0.1:99999'\n"
+    )
     result = subprocess.run(
         [sys.executable, "manage.py", "check"],
         cwd=ROOT / "testproject",
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", "PG_FAILOVER_HOSTS": "127.0.0.1:5432,,127.0.0.1:99999"},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "DJANGO_SETTINGS_MODULE": "bad_hosts",
+            "PYTHONPATH": str(tmp_path),
+            "DATABASE_URL": "postgresql://app@127.0.0.1:5432/app",
+        },
     )
     assert result.returncode == 1
     assert "django_pg_failover.E001" in result.stderr
