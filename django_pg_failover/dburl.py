@@ -52,13 +52,16 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from .exceptions import DatabaseURLError, SettingsError
 from .hosts import Host, host_setting, parse_hosts
 from .options import validate_options
 from .policy import FailoverPolicy
+
+if TYPE_CHECKING:
+    from .drivers import Driver
 
 ENGINE = "django_pg_failover"
 DEFAULT_ENV = "DATABASE_URL"
@@ -331,7 +334,7 @@ def _entry(url: Any, base: dict[str, Any], ssl_require: bool, secrets: list[str]
         options["failover"] = {**(base.get("failover") or {}), **from_url}
     if ssl_require and options.get("sslmode", "") in _WEAKER_THAN_REQUIRE:
         options["sslmode"] = "require"
-    _validate(lambda: validate_options(options, _libpq_version()))
+    _validate(lambda: validate_options(options, _driver()))
     _validate(lambda: FailoverPolicy.from_options(options.get("failover")))
     return {
         "ENGINE": ENGINE,
@@ -552,7 +555,7 @@ def _base_options(options: Any) -> dict[str, Any]:
     if options is None:
         return {}
     try:
-        validate_options(options, _libpq_version(), None, _is_libpq_keyword)
+        validate_options(options, _driver())
         FailoverPolicy.from_options(options.get("failover"))
     except SettingsError as exc:
         path = "".join(f"[{key!r}]" for key in exc.keys[1:])
@@ -605,43 +608,21 @@ def _redact(message: str, secrets: list[str]) -> str:
 
 
 # -- the driver ---------------------------------------------------------------------------
-# The driver layer (django_pg_failover.drivers) offers these two; merge onto it.
+
+
+def _driver() -> Driver:
+    from .drivers import get_driver
+
+    return get_driver()
 
 
 def _parse_conninfo(conninfo: str) -> dict[str, str]:
-    """libpq's own reading of a connection string or URI (``PQconninfoParse``).
+    """libpq's own reading of a connection string or URI, through the driver Django uses.
 
-    Through the driver Django uses: psycopg 3 when ``import psycopg`` works,
-    psycopg2 otherwise. No defaults, no environment, no service file: only what
-    the text says. Raises ValueError with libpq's message.
+    No defaults, no environment, no service file: only what the text says.
+    Raises ValueError with libpq's message.
     """
-    try:
-        import psycopg
-    except ImportError:
-        import psycopg2
-        import psycopg2.extensions
-
-        try:
-            return psycopg2.extensions.parse_dsn(conninfo)
-        except psycopg2.ProgrammingError as exc:
-            raise ValueError(str(exc).strip().removeprefix("invalid dsn: ")) from None
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        return {key: str(value) for key, value in conninfo_to_dict(conninfo).items()}
-    except psycopg.ProgrammingError as exc:
-        raise ValueError(str(exc).strip()) from None
-
-
-def _libpq_version() -> int:
-    """The version of the libpq the driver uses (``170006``)."""
-    try:
-        import psycopg
-    except ImportError:
-        import psycopg2.extensions
-
-        return psycopg2.extensions.libpq_version()
-    return psycopg.pq.version()
+    return _driver().parse_conninfo(conninfo)
 
 
 def _is_libpq_keyword(key: str) -> bool:

@@ -25,17 +25,24 @@ INSTALL_HINT = (
 
 @functools.cache
 def get_driver() -> Driver:
-    """The driver Django uses in this process, checked against our minimum versions."""
+    """The driver Django uses in this process, checked against our minimum versions.
+
+    Django's rule (``django.db.backends.postgresql.psycopg_any``): psycopg 3
+    when ``import psycopg`` works, psycopg2 otherwise. Applied here without
+    importing ``django.db``, so that ``config()`` can run in a settings module.
+    """
     try:
-        from django.db.backends.postgresql.psycopg_any import is_psycopg3
-    except ImportError as exc:
-        raise ImproperlyConfigured(
-            f"django_pg_failover needs a PostgreSQL driver: {INSTALL_HINT}"
-        ) from exc
-    if is_psycopg3:
-        from .psycopg3 import Psycopg3Driver as driver_class
-    else:
+        import psycopg  # noqa: F401
+    except ImportError:
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"django_pg_failover needs a PostgreSQL driver: {INSTALL_HINT}"
+            ) from exc
         from .psycopg2 import Psycopg2Driver as driver_class
+    else:
+        from .psycopg3 import Psycopg3Driver as driver_class
     driver = driver_class()
     driver.check_version()
     return driver

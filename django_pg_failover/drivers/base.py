@@ -84,7 +84,11 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def parse_conninfo(self, conninfo: str) -> dict[str, str]:
-        """A libpq connection string or URI as keywords, parsed by libpq itself."""
+        """A libpq connection string or URI as keywords, parsed by libpq itself.
+
+        No defaults, no environment, no service file: only what the text says.
+        Raises ValueError with libpq's message.
+        """
 
     @abc.abstractmethod
     def is_connect_timeout(self, exc: BaseException) -> bool:

@@ -40,7 +40,10 @@ class Psycopg2Driver(Driver):
         return _is_libpq_keyword(key)
 
     def parse_conninfo(self, conninfo: str) -> dict[str, str]:
-        return psycopg2.extensions.parse_dsn(conninfo)
+        try:
+            return psycopg2.extensions.parse_dsn(conninfo)
+        except psycopg2.ProgrammingError as exc:
+            raise ValueError(str(exc).strip().removeprefix("invalid dsn: ")) from None
 
     def is_connect_timeout(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg2.OperationalError) and str(exc).rstrip().endswith(

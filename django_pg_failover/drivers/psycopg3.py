@@ -41,7 +41,10 @@ class Psycopg3Driver(Driver):
         return _is_libpq_keyword(key)
 
     def parse_conninfo(self, text: str) -> dict[str, str]:
-        return {key: str(value) for key, value in conninfo.conninfo_to_dict(text).items()}
+        try:
+            return {key: str(value) for key, value in conninfo.conninfo_to_dict(text).items()}
+        except psycopg.ProgrammingError as exc:
+            raise ValueError(str(exc).strip()) from None
 
     def is_connect_timeout(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.errors.ConnectionTimeout)

@@ -8,7 +8,6 @@ entry with what that same parser makes of the URL.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
 import subprocess
 import sys
@@ -25,23 +24,22 @@ from hypothesis import strategies as st
 import django_pg_failover
 from django_pg_failover import config, dburl, parse
 from django_pg_failover.conf import FailoverSettings
+from django_pg_failover.drivers import get_driver
 from django_pg_failover.exceptions import DatabaseURLError
 from django_pg_failover.hosts import DEFAULT_PORT, Host, libpq_host_params, parse_hosts
 from django_pg_failover.policy import FailoverPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
-DRIVERS = [name for name in ("psycopg", "psycopg2") if importlib.util.find_spec(name)]
 # In no other part of any URL below.
 PASSWORD = "Zq7-hunter-9w"
+FAILOVER_KEYS = [field.name for field in dataclasses.fields(FailoverPolicy)]
 URL_PARAMS = ("host", "port", "dbname", "user", "password")
 
 
-@pytest.fixture(params=DRIVERS, autouse=True)
-def driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The driver whose libpq reads the URLs: psycopg2 by hiding psycopg 3, as Django would."""
-    if request.param == "psycopg2":
-        monkeypatch.setitem(sys.modules, "psycopg", None)
-    return request.param
+@pytest.fixture
+def driver() -> str:
+    """The driver whose libpq reads the URLs: this run's (``pytest --driver``)."""
+    return get_driver().name
 
 
 @pytest.fixture(autouse=True)
@@ -188,7 +186,7 @@ def test_uri_forms(url: str, expected: dict[str, Any], driver: str) -> None:
 @pytest.mark.parametrize(("url", "expected"), FORMS)
 def test_the_backend_takes_every_entry_as_it_is(url: str, expected: dict[str, Any]) -> None:
     entry = parse(url)
-    settings = FailoverSettings.from_settings_dict(entry, "default", dburl._libpq_version())
+    settings = FailoverSettings.from_settings_dict(entry, "default", get_driver())
     assert [str(h) for h in settings.hosts] == [
         f"{h['host']}:{h['port']}" if isinstance(h, dict) else h for h in entry["HOST"]
     ]
@@ -196,12 +194,9 @@ def test_the_backend_takes_every_entry_as_it_is(url: str, expected: dict[str, An
 
 def test_round_trip_through_the_backends_connection_params() -> None:
     """With the driver the backend runs on today, its own get_connection_params()."""
-    try:
-        from django_pg_failover.base import DatabaseWrapper
-    except (ImproperlyConfigured, ImportError) as exc:
-        pytest.skip(f"the backend does not load with this driver yet: {exc}")
     from django.db import connections
 
+    from django_pg_failover.base import DatabaseWrapper
     from django_pg_failover.status import host_status
 
     host_status.clear()
@@ -212,7 +207,7 @@ def test_round_trip_through_the_backends_connection_params() -> None:
     entry = parse(url)
     db = connections.configure_settings({"default": {}, "url": entry})["url"]
     params = DatabaseWrapper(db, "url").get_connection_params()
-    libpq = libpq_parse(url.replace("&retry_timeout=2", ""), "psycopg2")
+    libpq = libpq_parse(url.replace("&retry_timeout=2", ""), get_driver().name)
     assert params["host"] == libpq["host"] == "db1,::1,/run/pg"
     assert params["port"] == "5433,5432,6000"
     assert libpq["port"] == "5433,,6000"
@@ -626,8 +621,8 @@ BAD_URLS = [
     (
         "postgresql://u:{pw}@db1/shop?retry_timout=5",
         "'retry_timout' is neither a libpq connection parameter nor one of this backend's "
-        "(backoff_initial, backoff_max, host_recheck, load_balance_hosts, retry_reads, "
-        "retry_timeout); did you mean retry_timeout?",
+        f"({', '.join(sorted([*FAILOVER_KEYS, 'load_balance_hosts']))}); "
+        "did you mean retry_timeout?",
     ),
     ("postgresql://u:{pw}@db1/shop?Target_Session_Attrs=any", "did you mean target_session_at"),
     # The password written without percent-encoding: libpq would cut it apart.
@@ -789,7 +784,7 @@ def test_importing_the_package_and_config_load_neither_django_db_nor_a_driver() 
         "assert loaded == ['django_pg_failover'], loaded\n"
         "from django_pg_failover import config\n"
         "assert not [m for m in sys.modules if m.startswith(('django.db', 'psycopg'))]\n"
-        "config(url='postgresql://db1,db2/app')\n"
+        "config(url='postgresql://db1,db2/app')  # reads the URL with the driver's libpq\n"
         "assert not [m for m in sys.modules if m.startswith('django.db')]\n"
         "print('ok')\n"
     )
