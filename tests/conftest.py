@@ -69,6 +69,8 @@ def make_alias(cluster: Cluster) -> Iterator[Callable[..., str]]:
     for alias in created:
         with suppress(Exception):
             connections[alias].close()
+        with suppress(Exception):
+            connections[alias].close_pool()  # Django keeps a pool per alias, for every thread
         with suppress(AttributeError):
             del connections[alias]
         connections.settings.pop(alias, None)

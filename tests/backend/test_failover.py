@@ -5,14 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
-from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
-from django.core.signals import request_finished, request_started
 from django.db import (
     Error,
     InterfaceError,
@@ -27,70 +22,9 @@ from django_pg_failover.lab import Cluster
 from django_pg_failover.status import HostState, host_status
 from shop.models import Order
 
+from .units import WriteLoop, create, in_request, keys_on, port_of, stock_alias
+
 pytestmark = pytest.mark.timeout(120)
-
-
-def in_request(work: Callable[[], Any]) -> Any:
-    """Run ``work`` the way Django's handler runs a view: between the request signals."""
-    request_started.send(sender=None)
-    try:
-        return work()
-    finally:
-        request_finished.send(sender=None)
-
-
-def create(alias: str, key: str | None = None) -> str:
-    key = key or uuid.uuid4().hex
-    Order.objects.using(alias).create(key=key)
-    return key
-
-
-def port_of(alias: str) -> int:
-    return int(connections[alias].connection.info.port)
-
-
-def keys_on(node, keys: list[str]) -> list[str]:
-    rows = node.query("SELECT key FROM shop_order WHERE key = ANY(%s)", [keys], dbname="app")
-    return [r[0] for r in rows]
-
-
-def stock_alias(make_alias) -> str:
-    """Django's own backend on the same lab, set up at its best."""
-    return make_alias(stock=True)
-
-
-@dataclass
-class WriteLoop:
-    """Request-like writes in a thread; failures sorted by when they started."""
-
-    alias: str
-    crashed_at: list[float]
-    stop: threading.Event
-    acknowledged: list[str] = field(default_factory=list)
-    failed_in_flight: int = 0
-    failed_after_crash: int = 0
-    ports: list[int] = field(default_factory=list)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                key = in_request(lambda: self._write())
-            except Error:
-                if self.crashed_at and started >= self.crashed_at[0]:
-                    self.failed_after_crash += 1
-                else:
-                    self.failed_in_flight += 1
-                time.sleep(0.01)
-            else:
-                self.acknowledged.append(key)
-            time.sleep(0.005)
-        connections.close_all()
-
-    def _write(self) -> str:
-        key = create(self.alias)
-        self.ports.append(port_of(self.alias))
-        return key
 
 
 def test_write_loop_survives_crash_and_promotion_where_stock_fails(

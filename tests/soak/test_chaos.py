@@ -20,6 +20,7 @@ from django.db.models import F
 
 from django_pg_failover.lab import Cluster, State
 from shop.models import Account, Order
+from tests.markers import needs_pool
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(900)]
 
@@ -202,7 +203,8 @@ class FaultDriver:
         self.recoveries.append((fault, recovered - started))
 
 
-def test_chaos_soak(request, cluster: Cluster, pg_cluster_factory, make_alias) -> None:
+@pytest.mark.parametrize("pool", [False, pytest.param(True, marks=needs_pool)], ids=["", "pool"])
+def test_chaos_soak(request, cluster: Cluster, pg_cluster_factory, make_alias, pool) -> None:
     seed = request.config.getoption("--soak-seed") or random.SystemRandom().randrange(10**6)
     soak_seconds = request.config.getoption("--soak-seconds")
     print(f"\nsoak seed: {seed} (replay with --soak-seed {seed})")
@@ -214,6 +216,7 @@ def test_chaos_soak(request, cluster: Cluster, pg_cluster_factory, make_alias) -
         OPTIONS={
             "connect_timeout": 2,
             "failover": {"retry_timeout": 30, "backoff_max": 0.25},
+            **({"pool": {"min_size": 4, "max_size": WORKERS}} if pool else {}),
         },
     )
     call_command("migrate", database=alias, verbosity=0)
@@ -261,7 +264,7 @@ def test_chaos_soak(request, cluster: Cluster, pg_cluster_factory, make_alias) -
         "worst recovery (s)": round(max(r for _, r in driver.recoveries), 2),
         "longest unit (s)": round(load.longest_unit, 2),
     }
-    print("soak report:", report)
+    print("soak report:", {"pool": pool, **report})
 
     assert stuck == []
     assert len(driver.recoveries) >= len(FAULTS)
