@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import django
 import pytest
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
@@ -14,6 +15,8 @@ from django.db import connections
 from django_pg_failover.base import DatabaseWrapper
 from django_pg_failover.checks import database_problems
 from django_pg_failover.client import DatabaseClient
+from django_pg_failover.drivers import get_driver
+from tests.markers import needs_pool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -246,3 +249,61 @@ def test_the_reason_one_host_failed(message: str, reason: str) -> None:
 
     driver = get_driver()
     assert driver.connect_failure_reason(driver.module.OperationalError(message)) == reason
+
+
+# -- OPTIONS["pool"] --------------------------------------------------------------------------
+
+BAD_POOLS = [
+    ({"pool": "yes"}, "['OPTIONS']['pool']: 'yes' is neither True nor a dict of pool options"),
+    ({"pool": {"min_size": -1}}, "['pool']['min_size']: -1 is not a whole number >= 0"),
+    ({"pool": {"max_size": 0}}, "['pool']['max_size']: 0 is not a whole number >= 1"),
+    ({"pool": {"min_size": 4, "max_size": 2}}, "['max_size']: 2 is smaller than min_size (4)"),
+    ({"pool": {"timeout": "30"}}, "['pool']['timeout']: '30' is not a positive number of sec"),
+    ({"pool": {"reconnect_timeout": 0}}, "0 is not a positive number of seconds"),
+    ({"pool": {"kwargs": {}}}, "['pool']['kwargs']: not an option this backend's pool takes"),
+    ({"pool": {"min_sise": 2}}, "['pool']['min_sise']: not an option this backend's pool takes"),
+    ({"pool": {"reset": "yes"}}, "['pool']['reset']: 'yes' is not callable"),
+]
+
+
+@needs_pool
+@pytest.mark.parametrize(("options", "message"), BAD_POOLS)
+def test_bad_pool_options_are_reported_with_the_alias(options, message) -> None:
+    db = {"ENGINE": "django_pg_failover", "NAME": "app", "HOST": "db1", "OPTIONS": options}
+    problems = database_problems({"orders": db})
+    assert [p.id for p in problems] == ["django_pg_failover.E006"]
+    assert problems[0].msg.startswith("DATABASES['orders']")
+    assert message in problems[0].msg
+
+
+@needs_pool
+def test_a_pool_with_persistent_connections_is_reported() -> None:
+    db = {"ENGINE": "django_pg_failover", "NAME": "app", "HOST": "db1", "CONN_MAX_AGE": 60}
+    problems = database_problems({"orders": {**db, "OPTIONS": {"pool": True}}})
+    assert [p.msg for p in problems] == [
+        "DATABASES['orders']['CONN_MAX_AGE']: must be 0 with a connection pool (Django: "
+        "\"Pooling doesn't support persistent connections\")"
+    ]
+
+
+@needs_pool
+def test_the_pools_check_is_djangos_before_61() -> None:
+    db = {"ENGINE": "django_pg_failover", "NAME": "app", "HOST": "db1"}
+    problems = database_problems({"orders": {**db, "OPTIONS": {"pool": {"check": print}}}})
+    if django.VERSION >= (6, 1):
+        assert problems == []
+    else:
+        assert [p.msg for p in problems] == [
+            "DATABASES['orders']['OPTIONS']['pool']['check']: not an option this backend's "
+            "pool takes (Django sets it); known: " + problems[0].msg.split("known: ")[1]
+        ]
+
+
+@pytest.mark.skipif(get_driver().name != "psycopg2", reason="the psycopg2 run's own check")
+def test_a_pool_on_psycopg2_is_reported() -> None:
+    db = {"ENGINE": "django_pg_failover", "NAME": "app", "HOST": "db1"}
+    problems = database_problems({"orders": {**db, "OPTIONS": {"pool": True}}})
+    assert [p.msg for p in problems] == [
+        "DATABASES['orders']['OPTIONS']['pool']: Django's connection pool needs psycopg 3, "
+        "and Django uses psycopg2 here: pip install 'django-pg-failover[psycopg]'"
+    ]
