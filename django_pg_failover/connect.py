@@ -157,6 +157,18 @@ class Connector:
         host_status.record_role(host, role, recheck)
         return Landing(connection, host, role)
 
+    def probe(self, host: Host, params: Mapping[str, Any]) -> str | None:
+        """Does ``host`` still take connections? None when it does, else why not.
+
+        A server that answers with a refusal (this alias's credentials) is alive.
+        """
+        params = {k: v for k, v in params.items() if k not in _WALK_KEYWORDS}
+        result = self._attempt(host, params)
+        if isinstance(result, Landing):
+            self.driver.close_quietly(result.connection)
+            return None
+        return None if result.final else result.reason
+
     def _close_when_done(self, future: Future) -> None:
         """An attempt that lost the race: close its connection once it has one."""
 

@@ -20,7 +20,10 @@ _LIMITS = {
     "backoff_max": (0.001, 300.0),
     "host_recheck": (0.0, 86400.0),
     "attempt_delay": (0.01, 60.0),
+    "stall_timeout": (0.1, 86400.0),
 }
+# Settings that None switches off.
+_OPTIONAL = frozenset({"stall_timeout"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class FailoverPolicy:
     ``attempt_delay``
         Seconds a connect attempt may go unanswered before the next host is
         tried beside it (a hung host is overtaken, not waited for).
+    ``stall_timeout``
+        Seconds a call may wait on its server before the backend checks, with
+        a new connection, that the server is alive; a server that does not
+        answer has the call given up (:mod:`.stall`). None: never.
     """
 
     retry_timeout: float = 10.0
@@ -50,6 +57,10 @@ class FailoverPolicy:
     host_recheck: float = 10.0
     retry_reads: bool = False
     attempt_delay: float = 0.2
+    # Longer than any statement of a web request should take (checks stay rare),
+    # short enough that a frozen server fails a request well within the 30-60 s a
+    # load balancer or a user waits: with connect_timeout (5 s), 15 s at worst.
+    stall_timeout: float | None = 10.0
 
     @classmethod
     def from_options(cls, options: Any, alias: str | None = None) -> FailoverPolicy:
@@ -78,6 +89,8 @@ class FailoverPolicy:
                         alias, (*keys, name), f"{value!r} is not True or False", FAILOVER_CHECK
                     )
                 values[name] = value
+            elif value is None and name in _OPTIONAL:
+                values[name] = None
             else:
                 values[name] = _seconds(value, alias, (*keys, name))
         policy = cls(**values)

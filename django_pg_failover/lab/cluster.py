@@ -397,6 +397,31 @@ class Cluster:
             cur.execute("SELECT pg_reload_conf()")
         return node
 
+    def execute(self, *statements: str, dbname: str = "postgres") -> None:
+        """Run statements on the primary as the superuser, and wait for the standbys
+        to replay them (roles, databases, grants: what a test sets up)."""
+        self._dirty = True
+        with closing(self.primary.connect(dbname)) as conn, conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+        self.wait_replayed()
+
+    def reject(self, user: str, nodes: list[Node] | None = None) -> None:
+        """Make ``pg_hba.conf`` reject ``user`` on ``nodes`` (every node by default).
+
+        pg_hba.conf is each server's own (it is not replicated): a standby can
+        refuse a user its primary accepts.
+        """
+        self._dirty = True
+        lines = "".join(
+            f"{kind:<8}all  {user}  {address}  reject\n"
+            for kind, address in (("local", ""), ("host", "127.0.0.1/32"), ("host", "::1/128"))
+        )
+        for node in nodes if nodes is not None else self.nodes:
+            hba = node.datadir / "pg_hba.conf"
+            hba.write_text(lines + hba.read_text())
+            node.query("SELECT pg_reload_conf()")
+
     def promote(self, node: Node | None = None) -> Node:
         """Promote a standby (the most advanced one by default)."""
         node = node or self.most_advanced_standby()

@@ -61,6 +61,8 @@ class Node:
         self.socket_dir = socket_dir
         self.listen_addresses = listen_addresses
         self.detach = detach
+        #: Added to the server's (clean) environment at its next start, e.g. LOCPATH.
+        self.environment: dict[str, str] = {}
         self._proc: subprocess.Popen | None = None
 
     def __repr__(self) -> str:
@@ -119,7 +121,9 @@ class Node:
             "-c",
             f"unix_socket_directories={self.socket_dir}",
         ]
-        self._proc = spawn(self.user, args, self.log_path, detach=self.detach)
+        self._proc = spawn(
+            self.user, args, self.log_path, detach=self.detach, environment=self.environment
+        )
         if wait:
             self.wait_ready(timeout)
 
