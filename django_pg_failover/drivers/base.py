@@ -18,10 +18,12 @@ _LOST_CLASSES = ("08",)
 _LOST_STATES = frozenset({"57P01", "57P02", "57P03"})
 READ_ONLY_SQL_TRANSACTION = "25006"
 
-# libpq's preamble before the reason one host failed.
+# libpq's preamble before the reason one host failed, and psycopg 3's before it
+# (before 3.2, psycopg 3 wrote "connection failed: " and the reason alone).
 _HOST_PREAMBLE = re.compile(
-    r'^(?:connection failed: )?connection to server (?:at "[^"]*"(?: \([^)]*\))?, port \d+'
-    r'|on socket "[^"]*") failed: '
+    r"^(?:connection failed: )?"
+    r'(?:connection to server (?:at "[^"]*"(?: \([^)]*\))?, port \d+|on socket "[^"]*") '
+    r"failed: )?"
 )
 
 
