@@ -24,20 +24,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.utils import DatabaseErrorWrapper, OperationalError
 from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 
-from .drivers import INSTALL_HINT, get_driver
+from .drivers import get_driver
 
-try:
-    from django.db.backends.postgresql import base as postgresql
-except ImproperlyConfigured as exc:  # no driver at all
-    raise ImproperlyConfigured(
-        f"django_pg_failover needs a PostgreSQL driver: {INSTALL_HINT}"
-    ) from exc
+# Before Django's backend loads: a missing or too old driver gets our one clear
+# error, not Django's.
+driver = get_driver()
+
+from django.db.backends.postgresql import base as postgresql
 
 from . import loss
 from .client import DatabaseClient
@@ -51,8 +49,6 @@ from .options import DEFAULT_CONNECT_TIMEOUT, OPTIONS_CHECK
 from .policy import FailoverPolicy
 from .reads import ReadRetryCursorDebugWrapper, ReadRetryCursorWrapper, ReadRetryState
 from .stall import stall_watch
-
-driver = get_driver()
 
 
 class FailoverErrorWrapper(DatabaseErrorWrapper):

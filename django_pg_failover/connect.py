@@ -18,6 +18,7 @@ refused for good the error is raised at once.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -34,11 +35,14 @@ from .policy import FailoverPolicy
 from .status import host_status
 from .targets import Role, accepts_fallback, role_from, suits
 from .verdicts import Verdict, connect_verdict, server_message
+from .watcher import active_watcher, watcher_for
 
 logger = logging.getLogger("django_pg_failover")
 
 #: Connect attempts one connect keeps in flight at most (hung hosts overtaken).
 MAX_IN_FLIGHT = 3
+# A pool's worker waits without a deadline: it looks up from the watcher this often.
+_KEEP_WAITING_CHECK = 1.0
 
 # Connection keywords the walk sets per attempt itself.
 _WALK_KEYWORDS = ("host", "port", "hostaddr", "target_session_attrs", "load_balance_hosts")
@@ -104,6 +108,14 @@ def wrong_role_reason(target_session_attrs: str, role: Role) -> str:
     return "server is not in hot standby mode"
 
 
+def _until(deadline: float) -> float:
+    """When to stop waiting on the watcher: the deadline, or now and then for a
+    caller that waits without one (to ask whether it should go on)."""
+    if deadline == math.inf:
+        return time.monotonic() + _KEEP_WAITING_CHECK
+    return deadline
+
+
 class Connector:
     """Connects one alias to the first suitable server of its host list."""
 
@@ -136,7 +148,7 @@ class Connector:
 
     # -- one attempt ------------------------------------------------------------------
 
-    def _attempt(self, host: Host, params: Mapping[str, Any]) -> Landing | HostFailure:
+    def attempt(self, host: Host, params: Mapping[str, Any]) -> Landing | HostFailure:
         """Connect to one host and learn its role; record what that says about it."""
         driver = self.driver
         recheck = self.policy.host_recheck
@@ -163,13 +175,13 @@ class Connector:
         A server that answers with a refusal (this alias's credentials) is alive.
         """
         params = {k: v for k, v in params.items() if k not in _WALK_KEYWORDS}
-        result = self._attempt(host, params)
+        result = self.attempt(host, params)
         if isinstance(result, Landing):
             self.driver.close_quietly(result.connection)
             return None
         return None if result.final else result.reason
 
-    def _close_when_done(self, future: Future) -> None:
+    def close_when_done(self, future: Future) -> None:
         """An attempt that lost the race: close its connection once it has one."""
 
         def close(done: Future) -> None:
@@ -193,7 +205,7 @@ class Connector:
 
         def start_next() -> None:
             host = pending.popleft()
-            in_flight[workers.submit(self._attempt, host, params)] = host
+            in_flight[workers.submit(self.attempt, host, params)] = host
 
         start_next()
         try:
@@ -227,7 +239,7 @@ class Connector:
                         start_next()
         finally:
             for future, host in in_flight.items():
-                self._close_when_done(future)
+                self.close_when_done(future)
                 if winner is not None and host in overtaken:
                     # Silent while another server answered: last in line until it
                     # answers (its attempt, still running, records what it finds).
@@ -261,6 +273,10 @@ class Connector:
         refused: dict[Host, HostFailure] = {}
         latest: dict[Host, HostFailure] = {}
         passes = 0
+        searching = active_watcher(self, params)
+        if searching is not None:
+            # A failover is under way: no use trying before the watcher finds a server.
+            searching.wait(_until(deadline))
         while True:
             passes += 1
             candidates = [h for h in self.ordered_hosts() if h not in refused]
@@ -288,8 +304,7 @@ class Connector:
                     self._summary(self.last_failures),
                 )
                 raise self._error(passes, elapsed, self._REFUSED) from cause
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not keep_waiting():
+            if time.monotonic() >= deadline or not keep_waiting():
                 logger.error(
                     "database alias %r: giving up after %d attempt(s) in %.2fs",
                     self.alias,
@@ -297,18 +312,19 @@ class Connector:
                     elapsed,
                 )
                 raise self._error(passes, elapsed, "retry_timeout reached") from cause
-            # The last pause is cut short so that one more try lands on the deadline.
-            pause = min(policy.backoff(passes), remaining)
-            logger.warning(
-                "database alias %r: connection attempt %d failed after %.2fs (%s); "
-                "retrying in %.2fs",
-                self.alias,
-                passes,
-                elapsed,
-                self._summary(walk.failures),
-                pause,
-            )
-            time.sleep(pause)
+            if passes == 1 or logger.isEnabledFor(logging.DEBUG):
+                logger.log(
+                    logging.WARNING if passes == 1 else logging.DEBUG,
+                    "database alias %r: connection attempt %d failed after %.2fs (%s); "
+                    "waiting for a suitable server",
+                    self.alias,
+                    passes,
+                    elapsed,
+                    self._summary(walk.failures),
+                )
+            # One watcher per process looks for a server on behalf of every waiting
+            # thread; the last try lands on the deadline.
+            watcher_for(self, params).wait(_until(deadline))
 
     def ordered_hosts(self) -> tuple[Host, ...]:
         if self.policy.host_recheck > 0:

@@ -21,6 +21,7 @@ _LIMITS = {
     "host_recheck": (0.0, 86400.0),
     "attempt_delay": (0.01, 60.0),
     "stall_timeout": (0.1, 86400.0),
+    "probe_interval": (0.005, 10.0),
 }
 # Settings that None switches off.
 _OPTIONAL = frozenset({"stall_timeout"})
@@ -33,9 +34,10 @@ class FailoverPolicy:
     ``retry_timeout``
         Seconds to keep trying to connect; 0 makes one pass over the hosts.
     ``backoff_initial``, ``backoff_max``
-        The pause before retry *n* is ``min(backoff_max, backoff_initial * 2**(n-1))``,
-        scaled by a random factor in [0.5, 1) so that many processes do not
-        reconnect in lockstep.
+        While connections wait for a suitable server, the pause before the
+        watcher's connect attempt *n* to a server that did not answer is
+        ``min(backoff_max, backoff_initial * 2**(n-1))``, scaled by a random
+        factor in [0.5, 1) so that many processes do not reconnect in lockstep.
     ``host_recheck``
         Seconds a host's last outcome (down, primary, standby) is remembered
         to order the hosts of later connections; 0 disables the memory.
@@ -45,6 +47,10 @@ class FailoverPolicy:
     ``attempt_delay``
         Seconds a connect attempt may go unanswered before the next host is
         tried beside it (a hung host is overtaken, not waited for).
+    ``probe_interval``
+        While connections wait for a suitable server, how often the process's
+        watcher asks each server it holds a connection to whether it now suits
+        (a standby being promoted is found within this interval).
     ``stall_timeout``
         Seconds a call may wait on its server before the backend checks, with
         a new connection, that the server is alive; a server that does not
@@ -61,6 +67,9 @@ class FailoverPolicy:
     # short enough that a frozen server fails a request well within the 30-60 s a
     # load balancer or a user waits: with connect_timeout (5 s), 15 s at worst.
     stall_timeout: float | None = 10.0
+    # One cheap round trip per answering server per interval, per process, while
+    # connections wait: a promotion is found within 25 ms.
+    probe_interval: float = 0.025
 
     @classmethod
     def from_options(cls, options: Any, alias: str | None = None) -> FailoverPolicy:
