@@ -93,7 +93,8 @@ def test_one_watcher_wakes_every_waiter_at_a_bounded_cost(cluster: Cluster, make
     for thread in threads:
         thread.join(30)
     assert errors == []
-    assert set(results.values()) == {new.port} and len(results) == 20
+    assert set(results.values()) == {new.port}
+    assert len(results) == 20
     wait_for(lambda: not watcher_threads(), 10, "the watcher to stop once nobody waits")
     opened = {node.name: sessions_opened(node) - before[node.name] for node in standbys}
     # The 20 connections to the promoted standby aside: without the watcher, 20
