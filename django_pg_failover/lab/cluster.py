@@ -72,8 +72,19 @@ def _close_live_clusters() -> None:
             cluster.close()
 
 
+PARENT_ENV = "PG_FAILOVER_LAB_PARENT"
+
+
 def default_parent_dir() -> Path:
-    """tmpfs when there is one: a lab's data is disposable and RAM is fast."""
+    """Where labs are built: ``$PG_FAILOVER_LAB_PARENT``, else tmpfs when there is one
+    (a lab's data is disposable and RAM is fast), else the temporary folder.
+
+    CI gives each run a parent of its own, and judges leftovers inside it only.
+    """
+    if os.environ.get(PARENT_ENV):
+        parent = Path(os.environ[PARENT_ENV])
+        parent.mkdir(parents=True, exist_ok=True)
+        return parent
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK):
         with suppress(OSError), open("/proc/mounts") as mounts:
