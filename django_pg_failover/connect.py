@@ -35,7 +35,7 @@ from .policy import FailoverPolicy
 from .status import host_status
 from .targets import Role, accepts_fallback, role_from, suits
 from .verdicts import Verdict, connect_verdict, server_message
-from .watcher import active_watcher, watcher_for
+from .watcher import Watcher, active_watcher, watcher_for
 
 logger = logging.getLogger("django_pg_failover")
 
@@ -78,6 +78,8 @@ class Landing:
 class _Walk:
     landing: Landing | None
     failures: list[HostFailure]
+    #: Another thread was already searching the list: this one should wait for it.
+    deferred: bool = False
 
 
 def server_role(driver: Driver, connection: Any) -> Role | None:
@@ -193,8 +195,19 @@ class Connector:
 
     # -- one pass over the hosts --------------------------------------------------------
 
-    def walk(self, params: Mapping[str, Any], hosts: Sequence[Host]) -> _Walk:
-        """Try ``hosts`` in order, overtaking silent ones; the first that suits wins."""
+    def walk(
+        self,
+        params: Mapping[str, Any],
+        hosts: Sequence[Host],
+        coordinator: Callable[[], Watcher] | None = None,
+    ) -> _Walk:
+        """Try ``hosts`` in order, overtaking silent ones; the first that suits wins.
+
+        Every thread tries the host the status memory puts first (on the healthy
+        path, the primary). Going on down the list is the search for a new server
+        during a failover: with a ``coordinator``, one thread of the process
+        searches, and the others leave the walk deferred, to wait for it.
+        """
         target = self.target_session_attrs
         pending = deque(hosts)
         in_flight: dict[Future, Host] = {}
@@ -202,14 +215,24 @@ class Connector:
         fallback: Landing | None = None
         winner: Landing | None = None
         overtaken: set[Host] = set()
+        leader: Watcher | None = None
+        deferred = False
 
-        def start_next() -> None:
+        def start_next() -> bool:
+            nonlocal leader, deferred
+            if coordinator is not None and leader is None and (in_flight or failures or fallback):
+                watcher = coordinator()
+                if not watcher.lead():
+                    deferred = True
+                    return False
+                leader = watcher
             host = pending.popleft()
             in_flight[workers.submit(self.attempt, host, params)] = host
+            return True
 
         start_next()
         try:
-            while in_flight and winner is None:
+            while in_flight and winner is None and not deferred:
                 overtake = bool(pending) and len(in_flight) < MAX_IN_FLIGHT
                 done, _ = wait(
                     in_flight,
@@ -244,11 +267,16 @@ class Connector:
                     # Silent while another server answered: last in line until it
                     # answers (its attempt, still running, records what it finds).
                     host_status.record_down(host, self.policy.host_recheck)
-        if winner is None:
-            winner = fallback
-        elif fallback is not None:
-            self.driver.close_quietly(fallback.connection)
-        return _Walk(winner, [failures[h] for h in hosts if h in failures])
+            if winner is None:
+                winner = fallback
+            elif fallback is not None:
+                self.driver.close_quietly(fallback.connection)
+            if leader is not None:
+                hopeless = len(failures) == len(hosts) and all(
+                    f.final for f in failures.values()
+                )
+                leader.done_leading(found=winner is not None, hopeless=hopeless)
+        return _Walk(winner, [failures[h] for h in hosts if h in failures], deferred)
 
     # -- until a deadline -----------------------------------------------------------------
 
@@ -280,7 +308,7 @@ class Connector:
         while True:
             passes += 1
             candidates = [h for h in self.ordered_hosts() if h not in refused]
-            walk = self.walk(params, candidates)
+            walk = self.walk(params, candidates, lambda: watcher_for(self, params))
             self._report_failures(walk.failures, passes)
             if walk.landing is not None:
                 self.failing = self.refused_for_good = False
@@ -296,6 +324,11 @@ class Connector:
             self.failing = True
             elapsed = time.monotonic() - started
             cause = next((f.error for f in reversed(walk.failures) if f.error), None)
+            if walk.deferred and time.monotonic() < deadline and keep_waiting():
+                # Another thread searches the list: wait for what it (or the
+                # watcher after it) finds.
+                watcher_for(self, params).wait(_until(deadline))
+                continue
             if len(refused) == len(self.hosts):
                 self.refused_for_good = True
                 logger.error(

@@ -70,6 +70,28 @@ class Watcher:
         self._thread: threading.Thread | None = None
         #: No suitable server seen since the watcher started (arrivals wait at once).
         self.searching = True
+        #: A thread of the process is walking the host list past its first host.
+        self._leading = False
+
+    # -- threads that walk the list ------------------------------------------------
+
+    def lead(self) -> bool:
+        """May this thread search the host list? False: another one already does
+        (a walk, or this watcher): wait for what it finds."""
+        with self._condition:
+            if self._leading or (self._thread is not None and self.searching):
+                return False
+            self._leading = True
+            return True
+
+    def done_leading(self, found: bool, hopeless: bool = False) -> None:
+        """The search ended: followers connect now (found), or see the refusals for
+        themselves (hopeless); otherwise they wait on for the watcher."""
+        with self._condition:
+            self._leading = False
+            if found or hopeless:
+                self._generation += 1
+                self._condition.notify_all()
 
     # -- waiters ------------------------------------------------------------------
 

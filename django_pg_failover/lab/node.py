@@ -84,7 +84,11 @@ class Node:
     def pid(self) -> int | None:
         """The postmaster's pid while it exists (running, hung or not yet reaped)."""
         if self._proc is not None:
-            return self._proc.pid if self._proc.poll() is None else None
+            if self._proc.poll() is None:
+                return self._proc.pid
+            # Ours has exited: another process (one that loaded the lab) may have
+            # started the node since.
+            self._proc = None
         lines = self._pidfile()
         if not lines or not lines[0].strip().isdigit():
             return None

