@@ -33,12 +33,33 @@ SMOKE = textwrap.dedent(
     assert params["host"] == "db1,::1" and params["port"] == "5432,5433", params
     assert params["target_session_attrs"] == "read-write"
     call_command("check")
+    from django_pg_failover.drivers import get_driver
+    print("driver", get_driver().name)
     plugins = [e.value for e in importlib.metadata.entry_points(group="pytest11")]
     assert "django_pg_failover.lab.pytest_plugin" in plugins, plugins
     lab = subprocess.run([sys.executable, "-m", "django_pg_failover.lab", "--help"],
                          capture_output=True, text=True, check=True)
     assert "start" in lab.stdout
     print("version", django_pg_failover.__version__)
+    """
+)
+
+
+POOL_CHECK = textwrap.dedent(
+    """
+    import django
+    from django.conf import settings
+    from django.core import checks
+
+    settings.configure(
+        INSTALLED_APPS=["django_pg_failover"],
+        DATABASES={"default": {"ENGINE": "django_pg_failover", "NAME": "app", "HOST": "db1",
+                               "OPTIONS": {"pool": {"min_sise": 2}}}},
+    )
+    django.setup()
+    for message in checks.run_checks():
+        print(message.id, message.msg)
+    import psycopg_pool
     """
 )
 
@@ -69,13 +90,19 @@ def test_wheel_and_sdist_install_and_work_in_a_fresh_venv(tmp_path: Path) -> Non
     assert "# django-pg-failover" in metadata  # the README is the long description
     assert "Requires-Python: >=3.10" in metadata
 
-    for artifact in (wheel, sdist):
+    # Each artifact with one driver's extra: psycopg 3 with its pool, and psycopg2.
+    for artifact, extra, driver in ((wheel, "psycopg", "psycopg"), (sdist, "psycopg2", "psycopg2")):
         venv = tmp_path / f"venv-{artifact.suffixes[-1].strip('.')}"
         run(sys.executable, "-m", "venv", venv)
         python = venv / "bin" / "python"
-        run(python, "-m", "pip", "install", "--quiet", f"{artifact}[binary]")
+        run(python, "-m", "pip", "install", "--quiet", f"{artifact}[{extra}]")
         out = run(python, "-c", SMOKE, cwd=tmp_path)
         assert out.splitlines() == [
             "System check identified no issues (0 silenced).",
+            f"driver {driver}",
             f"version {version}",
         ]
+        if driver == "psycopg":  # Django's pool is there, and its options are checked
+            pool = run(python, "-c", POOL_CHECK, cwd=tmp_path)
+            assert "django_pg_failover.E006" in pool
+            assert "['pool']['min_sise']" in pool

@@ -46,8 +46,13 @@ DATABASES = {
     "default": django_pg_failover.config(
         # The lab is looked up only when the environment names no database.
         default=None if os.environ.get("DATABASE_URL", "").strip() else lab_url(),
-        # Defaults for this demo; the URL's own parameters win.
-        options={"connect_timeout": 2, "failover": {"retry_timeout": 15.0}},
+        # Defaults for this demo; the URL's own parameters win. DJANGO_DB_POOL=1:
+        # Django's connection pool (psycopg 3, Django 5.1+).
+        options={
+            "connect_timeout": 2,
+            "failover": {"retry_timeout": 15.0},
+            **({"pool": True} if os.environ.get("DJANGO_DB_POOL") == "1" else {}),
+        },
     )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -9,12 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from django_pg_failover.drivers import get_driver
 from django_pg_failover.lab import Cluster
 from django_pg_failover.lab.cluster import free_port
+from tests.markers import needs_pool
 
 pytestmark = pytest.mark.timeout(180)
 
 TESTPROJECT = Path(__file__).resolve().parents[2] / "testproject"
+
+
+@pytest.fixture(params=[False, pytest.param(True, marks=needs_pool)], ids=["", "pool"])
+def pool(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The project's environment with Django's connection pool, or without."""
+    return {"DJANGO_DB_POOL": "1"} if request.param else {}
 
 
 def project_env(cluster: Cluster, dbname: str = "app", **extra: str) -> dict[str, str]:
@@ -27,6 +35,8 @@ def project_env(cluster: Cluster, dbname: str = "app", **extra: str) -> dict[str
     return {
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/"),
+        # `pytest --driver=psycopg2` hides psycopg 3 through the path: keep it so.
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
         "DJANGO_SETTINGS_MODULE": "testproject.settings",
         "DATABASE_URL": cluster.database_url(hosts, dbname),
         **extra,
@@ -39,9 +49,18 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
-def test_migrate_runs_on_the_primary(cluster: Cluster) -> None:
+def test_the_project_runs_on_this_runs_driver(cluster: Cluster) -> None:
+    code = "from django_pg_failover.drivers import get_driver; print(get_driver().name)"
+    result = run(["manage.py", "shell", "-c", code], project_env(cluster))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == get_driver().name
+
+
+def test_migrate_runs_on_the_primary(cluster: Cluster, pool) -> None:
     cluster.primary.query("CREATE DATABASE migrate_check OWNER app")
-    result = run(["manage.py", "migrate", "-v", "1"], project_env(cluster, dbname="migrate_check"))
+    result = run(
+        ["manage.py", "migrate", "-v", "1"], project_env(cluster, dbname="migrate_check", **pool)
+    )
     assert result.returncode == 0, result.stderr
     assert "Applying shop.0001_initial... OK" in result.stdout
     cluster.wait_replayed()
@@ -52,8 +71,10 @@ def test_migrate_runs_on_the_primary(cluster: Cluster) -> None:
         assert tables == 1
 
 
-def test_manage_py_test_creates_the_test_database_on_the_primary(cluster: Cluster) -> None:
-    result = run(["manage.py", "test", "shop", "--noinput", "-v", "2"], project_env(cluster))
+def test_manage_py_test_creates_the_test_database_on_the_primary(cluster: Cluster, pool) -> None:
+    result = run(
+        ["manage.py", "test", "shop", "--noinput", "-v", "2"], project_env(cluster, **pool)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Ran 4 tests" in result.stderr
     assert "Creating test database for alias 'default' ('test_app')" in result.stderr
@@ -62,9 +83,10 @@ def test_manage_py_test_creates_the_test_database_on_the_primary(cluster: Cluste
     )
 
 
-def test_pytest_django_runs_the_same_tests(cluster: Cluster) -> None:
+def test_pytest_django_runs_the_same_tests(cluster: Cluster, pool) -> None:
     result = run(
-        ["-m", "pytest", "-q", "shop/tests.py", "-p", "no:cacheprovider"], project_env(cluster)
+        ["-m", "pytest", "-q", "shop/tests.py", "-p", "no:cacheprovider"],
+        project_env(cluster, **pool),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 passed" in result.stdout
@@ -91,7 +113,8 @@ def test_dbshell_reports_bad_hosts_with_the_alias(cluster: Cluster, tmp_path: Pa
     (tmp_path / "bad_hosts.py").write_text(
         "from testproject.settings import *\nDATABASES['default']['HOST'] = '127.0.0.1:5432,,'\n"
     )
-    env = project_env(cluster, DJANGO_SETTINGS_MODULE="bad_hosts", PYTHONPATH=str(tmp_path))
+    env = project_env(cluster, DJANGO_SETTINGS_MODULE="bad_hosts")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env["PYTHONPATH"]]))
     result = run(["manage.py", "dbshell"], env)
     assert result.returncode != 0
     assert result.stderr.strip() == "CommandError: DATABASES['default']['HOST']: entry 2 is empty"

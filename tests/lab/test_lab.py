@@ -135,7 +135,8 @@ def test_crash_kills_every_process_and_leaves_no_shared_memory(pg_cluster: Clust
     # servers of the machine keep theirs), and go away with it.
     assert node.scalar("SHOW dynamic_shared_memory_type") == "mmap"
     shmid = node._shared_memory_id()
-    assert shmid is not None and shmid in system_v_segments()
+    assert shmid is not None
+    assert shmid in system_v_segments()
     with closing(node.connect()):  # a backend that must die too
         backend_pids = [int(r[0]) for r in node.query("SELECT pid FROM pg_stat_activity")]
         postmaster = node.pid
