@@ -142,6 +142,24 @@ def python_path() -> Path:
     return folder
 
 
+def prepare_lab(cluster: Cluster) -> None:
+    """What Django's suite needs from the lab, the same for both backends."""
+    primary = cluster.primary
+    # As Django's CI runs its suite: postgres_tests creates the bloom extension,
+    # which only a superuser may create.
+    primary.query("ALTER ROLE app SUPERUSER")
+    # Commits return once every standby has applied them. Otherwise a standby
+    # listed before the primary may not know yet a test database the primary
+    # has just created: libpq (psycopg2) stops at its "database does not exist"
+    # instead of trying the next host, and the stock backend's run dies while
+    # it sets up its databases.
+    primary.query(
+        f"ALTER SYSTEM SET synchronous_standby_names = 'ANY {len(cluster.standbys)} (*)'"
+    )
+    primary.query("ALTER SYSTEM SET synchronous_commit = 'remote_apply'")
+    primary.query("SELECT pg_reload_conf()")
+
+
 def runtests_env(driver: str, path: Path) -> dict[str, str]:
     # libpq reads PG* variables (PGSERVICE, PGSSLMODE...): the run must not depend on the shell.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -277,9 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, dict] = {}
     conformant = True
     with closed_port() as port, Cluster.create(install=install) as cluster:
-        # As Django's CI runs its suite: postgres_tests creates the bloom extension,
-        # which only a superuser may create.
-        cluster.primary.query("ALTER ROLE app SUPERUSER")
+        prepare_lab(cluster)
         ports = settings.host_ports(cluster, port)
         print(
             f"lab: PostgreSQL {install.major} ({install.source}); hosts in order: "
