@@ -153,9 +153,7 @@ def prepare_lab(cluster: Cluster) -> None:
     # has just created: libpq (psycopg2) stops at its "database does not exist"
     # instead of trying the next host, and the stock backend's run dies while
     # it sets up its databases.
-    primary.query(
-        f"ALTER SYSTEM SET synchronous_standby_names = 'ANY {len(cluster.standbys)} (*)'"
-    )
+    primary.query(f"ALTER SYSTEM SET synchronous_standby_names = 'ANY {len(cluster.standbys)} (*)'")
     primary.query("ALTER SYSTEM SET synchronous_commit = 'remote_apply'")
     primary.query("SELECT pg_reload_conf()")
 
@@ -302,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
             f"closed port {port}, standbys {ports[1:-1]}, primary {ports[-1]}"
         )
         modules = {
-            backend: settings.write_module(path, backend, settings.databases(cluster, backend, ports))
+            backend: settings.write_module(
+                path, backend, settings.databases(cluster, backend, ports)
+            )
             for backend in settings.BACKENDS
         }
         for driver in args.drivers:
@@ -310,7 +310,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{check_environment(driver, env, tests_dir, path)}")
             runs = {
                 backend: run_backend(
-                    backend, tests_dir, modules[backend], args, env, logs / f"{driver}-{backend}.log"
+                    backend,
+                    tests_dir,
+                    modules[backend],
+                    args,
+                    env,
+                    logs / f"{driver}-{backend}.log",
                 )
                 for backend in settings.BACKENDS
             }

@@ -51,7 +51,8 @@ SEPARATOR = " ... "
 RAN = re.compile(r"^Ran (?P<count>\d+) tests? in (?P<seconds>[\d.]+)s$", re.M)
 # The report of each failure and error after the run.
 FAILURE_BLOCK = re.compile(
-    r"^={70}\n(?:FAIL|ERROR): (?P<title>[^\n]*)\n(?:[^\n]*\n)??-{70}\n(?P<body>.*?)(?=^={70}$|^-{70}$)",
+    r"^={70}\n(?:FAIL|ERROR): (?P<title>[^\n]*)\n"  # the test, and maybe its docstring
+    r"(?:[^\n]*\n)??-{70}\n(?P<body>.*?)(?=^={70}$|^-{70}$)",
     re.M | re.S,
 )
 # unittest's placeholders for a class or module whose set-up or tear-down failed:

@@ -282,7 +282,7 @@ def test_a_pool_with_persistent_connections_is_reported() -> None:
     problems = database_problems({"orders": {**db, "OPTIONS": {"pool": True}}})
     assert [p.msg for p in problems] == [
         "DATABASES['orders']['CONN_MAX_AGE']: must be 0 with a connection pool (Django: "
-        "\"Pooling doesn't support persistent connections\")"
+        '"Pooling doesn\'t support persistent connections")'
     ]
 
 
