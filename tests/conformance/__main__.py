@@ -29,7 +29,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from django_pg_failover.lab import Cluster, find_install
+from django_pg_failover.lab import APP_USER, Cluster, find_install
 
 from . import settings, suite
 from .compare import Row, compare, format_counts, format_row
@@ -147,7 +147,7 @@ def prepare_lab(cluster: Cluster) -> None:
     primary = cluster.primary
     # As Django's CI runs its suite: postgres_tests creates the bloom extension,
     # which only a superuser may create.
-    primary.query("ALTER ROLE app SUPERUSER")
+    primary.query(f"ALTER ROLE {APP_USER} SUPERUSER")
     # Commits return once every standby has applied them. Otherwise a standby
     # listed before the primary may not know yet a test database the primary
     # has just created: libpq (psycopg2) stops at its "database does not exist"
@@ -172,7 +172,7 @@ def runtests_env(driver: str, path: Path) -> dict[str, str]:
 def check_environment(driver: str, env: dict[str, str], tests_dir: Path, path: Path) -> str:
     """The driver the runtests processes will use, after checking they import our package."""
     probe = (
-        "import django_pg_failover, sys; from django_pg_failover.drivers import get_driver; "
+        "import django_pg_failover; from django_pg_failover.drivers import get_driver; "
         "print(get_driver().name); print(get_driver().label()); print(django_pg_failover.__file__)"
     )
     out = subprocess.run(
@@ -274,8 +274,14 @@ def report(runs: dict[str, Run], rows: list[Row]) -> bool:
     return ok and not any(row.is_failure for row in rows)
 
 
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (a CI timeout, `kill`) stops runtests and the lab as Ctrl-C does.
+    signal.signal(signal.SIGTERM, interrupt)
     version = suite.django_version()
     tests_dir = suite.extract_tests(
         suite.fetch_sdist(WORK / "sdist", version), WORK / f"django-{version}"
@@ -336,4 +342,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:
+        # runtests and the lab are stopped by now.
+        sys.exit(f"conformance: interrupted ({exc or 'Ctrl-C'})")
