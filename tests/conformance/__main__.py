@@ -86,6 +86,17 @@ class Run:
         return self.result.completeness_problem()
 
 
+@dataclass(frozen=True)
+class Context:
+    """What every runtests.py run of one conformance run shares."""
+
+    args: argparse.Namespace
+    tests_dir: Path
+    #: The folder on the runtests processes' path (see python_path()).
+    path: Path
+    logs: Path
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.conformance", description=__doc__.split("\n\n")[0]
@@ -232,18 +243,34 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def run_backend(
-    backend: str,
-    tests_dir: Path,
-    module: str,
-    args: argparse.Namespace,
-    env: dict[str, str],
-    log: Path,
+    backend: str, driver: str, module: str, env: dict[str, str], context: Context
 ) -> Run:
+    log = context.logs / f"{driver}-{backend}.log"
     print(f"  {backend:5} {settings.BACKENDS[backend]}: running (log: {log})", flush=True)
-    returncode, seconds = runtests(tests_dir, module, args, env, log)
+    returncode, seconds = runtests(context.tests_dir, module, context.args, env, log)
     run = Run(backend, parse(log.read_text(errors="replace")), seconds, returncode, log)
     print(f"  {backend:5} {format_counts(run.result)}; {seconds:.0f}s", flush=True)
     return run
+
+
+def run_driver(driver: str, modules: dict[str, str], context: Context) -> tuple[bool, dict]:
+    """Both backends on ``driver``: whether they came out equal, and their figures."""
+    env = runtests_env(driver, context.path)
+    print(f"\n{check_environment(driver, env, context.tests_dir, context.path)}")
+    runs = {
+        backend: run_backend(backend, driver, module, env, context)
+        for backend, module in modules.items()
+    }
+    rows = compare(runs["stock"].result, runs["ours"].result)
+    figures: dict = {
+        backend: {
+            "counts": {o.value: n for o, n in run.result.counts().items()},
+            "seconds": round(run.seconds),
+        }
+        for backend, run in runs.items()
+    }
+    figures["differences"] = [format_row(row) for row in rows if row.differs]
+    return report(runs, rows), figures
 
 
 def report(runs: dict[str, Run], rows: list[Row]) -> bool:
@@ -289,9 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     installed = suite.install_extras()
     if installed:
         print(f"installed for Django's tests: {', '.join(installed)}")
-    path = python_path()
-    logs = WORK / "logs"
-    logs.mkdir(exist_ok=True)
+    context = Context(args, tests_dir, python_path(), WORK / "logs")
+    context.logs.mkdir(exist_ok=True)
     install = find_install(args.pg_version)
     apps = " ".join(args.apps) or "all"
     print(f"Django {version} tests ({tests_dir}), --parallel {args.parallel}, apps: {apps}")
@@ -307,34 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         modules = {
             backend: settings.write_module(
-                path, backend, settings.databases(cluster, backend, ports)
+                context.path, backend, settings.databases(cluster, backend, ports)
             )
             for backend in settings.BACKENDS
         }
         for driver in args.drivers:
-            env = runtests_env(driver, path)
-            print(f"\n{check_environment(driver, env, tests_dir, path)}")
-            runs = {
-                backend: run_backend(
-                    backend,
-                    tests_dir,
-                    modules[backend],
-                    args,
-                    env,
-                    logs / f"{driver}-{backend}.log",
-                )
-                for backend in settings.BACKENDS
-            }
-            rows = compare(runs["stock"].result, runs["ours"].result)
-            conformant &= report(runs, rows)
-            summary[driver] = {
-                backend: {
-                    "counts": {o.value: n for o, n in run.result.counts().items()},
-                    "seconds": round(run.seconds),
-                }
-                for backend, run in runs.items()
-            }
-            summary[driver]["differences"] = [format_row(row) for row in rows if row.differs]
+            equal, summary[driver] = run_driver(driver, modules, context)
+            conformant &= equal
     (WORK / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     verdict = "equal to stock, test for test" if conformant else "NOT equal to stock"
     print(f"\nconformance: {verdict} ({time.monotonic() - started:.0f}s)")
