@@ -24,20 +24,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
-from django.db.utils import DatabaseErrorWrapper
+from django.db.utils import DatabaseErrorWrapper, OperationalError
 from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 
-from .drivers import INSTALL_HINT, get_driver
+from .drivers import get_driver
 
-try:
-    from django.db.backends.postgresql import base as postgresql
-except ImproperlyConfigured as exc:  # no driver at all
-    raise ImproperlyConfigured(
-        f"django_pg_failover needs a PostgreSQL driver: {INSTALL_HINT}"
-    ) from exc
+# Before Django's backend loads: a missing or too old driver gets our one clear
+# error, not Django's.
+driver = get_driver()
+
+from django.db.backends.postgresql import base as postgresql
 
 from . import loss
 from .client import DatabaseClient
@@ -50,17 +48,25 @@ from .liveness import idle_connection_failure
 from .options import DEFAULT_CONNECT_TIMEOUT, OPTIONS_CHECK
 from .policy import FailoverPolicy
 from .reads import ReadRetryCursorDebugWrapper, ReadRetryCursorWrapper, ReadRetryState
-
-driver = get_driver()
+from .stall import stall_watch
 
 
 class FailoverErrorWrapper(DatabaseErrorWrapper):
-    """Django's error translation, first telling the wrapper what went wrong."""
+    """Around every call to the driver: watch it for a stall (:mod:`.stall`), and
+    tell the wrapper what went wrong before Django translates the error."""
+
+    def __enter__(self) -> None:
+        stall_watch.enter(self.wrapper)
 
     def __exit__(self, exc_type, exc_value, traceback):
+        given_up = stall_watch.leave(self.wrapper)
         if exc_type is None:
             return
         loss.on_driver_error(self.wrapper, exc_value)
+        if given_up is not None:
+            raise OperationalError(
+                f"database alias {self.wrapper.alias!r}: {given_up.given_up}"
+            ) from exc_value
         return super().__exit__(exc_type, exc_value, traceback)
 
 
@@ -87,6 +93,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.driver = driver
         #: The server the open connection reached (kept to report its loss).
         self.server: Host | None = None
+        #: The open connection's socket (a stalled call is woken through it).
+        self.server_fd: int | None = None
         self._settings_key: str | None = None
         self._settings: FailoverSettings | None = None
         self._connector: Connector | None = None
@@ -125,6 +133,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     @property
     def target_session_attrs(self) -> str:
         return self.failover_settings.target_session_attrs
+
+    @property
+    def stall_timeout(self) -> float | None:
+        return self.failover_settings.policy.stall_timeout
 
     @property
     def connector(self) -> Connector:
@@ -188,6 +200,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         connection = super().get_new_connection(conn_params)
         self.server = Host(*driver.landed_on(connection))
+        self.server_fd = driver.socket_fd(connection)
         self.lost_error = None
         self.reads.connected(self.failover_policy.retry_reads)
         return connection
@@ -199,7 +212,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return False
         try:
             # A driver cursor, like Django's own check: no query logging or wrappers.
-            with self.connection.cursor() as cursor:
+            with stall_watch.guard(self), self.connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
         except driver.module.Error as exc:
             # An aborted transaction fails this check too: only a dead session is a loss.

@@ -18,6 +18,7 @@ refused for good the error is raised at once.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -34,11 +35,14 @@ from .policy import FailoverPolicy
 from .status import host_status
 from .targets import Role, accepts_fallback, role_from, suits
 from .verdicts import Verdict, connect_verdict, server_message
+from .watcher import Watcher, active_watcher, watcher_for
 
 logger = logging.getLogger("django_pg_failover")
 
 #: Connect attempts one connect keeps in flight at most (hung hosts overtaken).
 MAX_IN_FLIGHT = 3
+# A pool's worker waits without a deadline: it looks up from the watcher this often.
+_KEEP_WAITING_CHECK = 1.0
 
 # Connection keywords the walk sets per attempt itself.
 _WALK_KEYWORDS = ("host", "port", "hostaddr", "target_session_attrs", "load_balance_hosts")
@@ -74,6 +78,8 @@ class Landing:
 class _Walk:
     landing: Landing | None
     failures: list[HostFailure]
+    #: Another thread was already searching the list: this one should wait for it.
+    deferred: bool = False
 
 
 def server_role(driver: Driver, connection: Any) -> Role | None:
@@ -102,6 +108,14 @@ def wrong_role_reason(target_session_attrs: str, role: Role) -> str:
     if role.in_recovery:
         return "server is in hot standby mode"
     return "server is not in hot standby mode"
+
+
+def _until(deadline: float) -> float:
+    """When to stop waiting on the watcher: the deadline, or now and then for a
+    caller that waits without one (to ask whether it should go on)."""
+    if deadline == math.inf:
+        return time.monotonic() + _KEEP_WAITING_CHECK
+    return deadline
 
 
 class Connector:
@@ -136,7 +150,7 @@ class Connector:
 
     # -- one attempt ------------------------------------------------------------------
 
-    def _attempt(self, host: Host, params: Mapping[str, Any]) -> Landing | HostFailure:
+    def attempt(self, host: Host, params: Mapping[str, Any]) -> Landing | HostFailure:
         """Connect to one host and learn its role; record what that says about it."""
         driver = self.driver
         recheck = self.policy.host_recheck
@@ -157,7 +171,19 @@ class Connector:
         host_status.record_role(host, role, recheck)
         return Landing(connection, host, role)
 
-    def _close_when_done(self, future: Future) -> None:
+    def probe(self, host: Host, params: Mapping[str, Any]) -> str | None:
+        """Does ``host`` still take connections? None when it does, else why not.
+
+        A server that answers with a refusal (this alias's credentials) is alive.
+        """
+        params = {k: v for k, v in params.items() if k not in _WALK_KEYWORDS}
+        result = self.attempt(host, params)
+        if isinstance(result, Landing):
+            self.driver.close_quietly(result.connection)
+            return None
+        return None if result.final else result.reason
+
+    def close_when_done(self, future: Future) -> None:
         """An attempt that lost the race: close its connection once it has one."""
 
         def close(done: Future) -> None:
@@ -169,8 +195,19 @@ class Connector:
 
     # -- one pass over the hosts --------------------------------------------------------
 
-    def walk(self, params: Mapping[str, Any], hosts: Sequence[Host]) -> _Walk:
-        """Try ``hosts`` in order, overtaking silent ones; the first that suits wins."""
+    def walk(
+        self,
+        params: Mapping[str, Any],
+        hosts: Sequence[Host],
+        coordinator: Callable[[], Watcher] | None = None,
+    ) -> _Walk:
+        """Try ``hosts`` in order, overtaking silent ones; the first that suits wins.
+
+        Every thread tries the host the status memory puts first (on the healthy
+        path, the primary). Going on down the list is the search for a new server
+        during a failover: with a ``coordinator``, one thread of the process
+        searches, and the others leave the walk deferred, to wait for it.
+        """
         target = self.target_session_attrs
         pending = deque(hosts)
         in_flight: dict[Future, Host] = {}
@@ -178,14 +215,24 @@ class Connector:
         fallback: Landing | None = None
         winner: Landing | None = None
         overtaken: set[Host] = set()
+        leader: Watcher | None = None
+        deferred = False
 
-        def start_next() -> None:
+        def start_next() -> bool:
+            nonlocal leader, deferred
+            if coordinator is not None and leader is None and (in_flight or failures or fallback):
+                watcher = coordinator()
+                if not watcher.lead():
+                    deferred = True
+                    return False
+                leader = watcher
             host = pending.popleft()
-            in_flight[workers.submit(self._attempt, host, params)] = host
+            in_flight[workers.submit(self.attempt, host, params)] = host
+            return True
 
         start_next()
         try:
-            while in_flight and winner is None:
+            while in_flight and winner is None and not deferred:
                 overtake = bool(pending) and len(in_flight) < MAX_IN_FLIGHT
                 done, _ = wait(
                     in_flight,
@@ -215,16 +262,21 @@ class Connector:
                         start_next()
         finally:
             for future, host in in_flight.items():
-                self._close_when_done(future)
+                self.close_when_done(future)
                 if winner is not None and host in overtaken:
                     # Silent while another server answered: last in line until it
                     # answers (its attempt, still running, records what it finds).
                     host_status.record_down(host, self.policy.host_recheck)
-        if winner is None:
-            winner = fallback
-        elif fallback is not None:
-            self.driver.close_quietly(fallback.connection)
-        return _Walk(winner, [failures[h] for h in hosts if h in failures])
+            if winner is None:
+                winner = fallback
+            elif fallback is not None:
+                self.driver.close_quietly(fallback.connection)
+            if leader is not None:
+                hopeless = len(failures) == len(hosts) and all(
+                    f.final for f in failures.values()
+                )
+                leader.done_leading(found=winner is not None, hopeless=hopeless)
+        return _Walk(winner, [failures[h] for h in hosts if h in failures], deferred)
 
     # -- until a deadline -----------------------------------------------------------------
 
@@ -249,10 +301,14 @@ class Connector:
         refused: dict[Host, HostFailure] = {}
         latest: dict[Host, HostFailure] = {}
         passes = 0
+        searching = active_watcher(self, params)
+        if searching is not None:
+            # A failover is under way: no use trying before the watcher finds a server.
+            searching.wait(_until(deadline))
         while True:
             passes += 1
             candidates = [h for h in self.ordered_hosts() if h not in refused]
-            walk = self.walk(params, candidates)
+            walk = self.walk(params, candidates, lambda: watcher_for(self, params))
             self._report_failures(walk.failures, passes)
             if walk.landing is not None:
                 self.failing = self.refused_for_good = False
@@ -268,6 +324,11 @@ class Connector:
             self.failing = True
             elapsed = time.monotonic() - started
             cause = next((f.error for f in reversed(walk.failures) if f.error), None)
+            if walk.deferred and time.monotonic() < deadline and keep_waiting():
+                # Another thread searches the list: wait for what it (or the
+                # watcher after it) finds.
+                watcher_for(self, params).wait(_until(deadline))
+                continue
             if len(refused) == len(self.hosts):
                 self.refused_for_good = True
                 logger.error(
@@ -276,8 +337,7 @@ class Connector:
                     self._summary(self.last_failures),
                 )
                 raise self._error(passes, elapsed, self._REFUSED) from cause
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not keep_waiting():
+            if time.monotonic() >= deadline or not keep_waiting():
                 logger.error(
                     "database alias %r: giving up after %d attempt(s) in %.2fs",
                     self.alias,
@@ -285,18 +345,19 @@ class Connector:
                     elapsed,
                 )
                 raise self._error(passes, elapsed, "retry_timeout reached") from cause
-            # The last pause is cut short so that one more try lands on the deadline.
-            pause = min(policy.backoff(passes), remaining)
-            logger.warning(
-                "database alias %r: connection attempt %d failed after %.2fs (%s); "
-                "retrying in %.2fs",
-                self.alias,
-                passes,
-                elapsed,
-                self._summary(walk.failures),
-                pause,
-            )
-            time.sleep(pause)
+            if passes == 1 or logger.isEnabledFor(logging.DEBUG):
+                logger.log(
+                    logging.WARNING if passes == 1 else logging.DEBUG,
+                    "database alias %r: connection attempt %d failed after %.2fs (%s); "
+                    "waiting for a suitable server",
+                    self.alias,
+                    passes,
+                    elapsed,
+                    self._summary(walk.failures),
+                )
+            # One watcher per process looks for a server on behalf of every waiting
+            # thread; the last try lands on the deadline.
+            watcher_for(self, params).wait(_until(deadline))
 
     def ordered_hosts(self) -> tuple[Host, ...]:
         if self.policy.host_recheck > 0:

@@ -102,7 +102,7 @@ def report_lost(
     recheck = wrapper.failover_policy.host_recheck
     if server is not None:
         host_status.record(server, demoted_to or HostState.DOWN, recheck)
-        pool = wrapper.pool
+        pool = getattr(wrapper, "pool", None)  # Django 5.1+
         if pool is not None and hasattr(pool, "drain"):
             # The other idle connections to that server are gone or read-only
             # too: replace them now rather than fail one request each.

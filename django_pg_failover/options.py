@@ -25,11 +25,6 @@ DEFAULT_TARGET_SESSION_ATTRS = "read-write"
 DEFAULT_CONNECT_TIMEOUT = 5
 
 TARGET_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
-# Values only libpq 14 and later understand.
-TARGET_SESSION_ATTRS_LIBPQ_14 = frozenset({"read-only", "primary", "standby", "prefer-standby"})
-# A session that must be able to write: a read-only error on it means the
-# server was demoted under us.
-WRITABLE_SESSION_ATTRS = frozenset({"read-write", "primary"})
 # The backend shuffles the hosts itself (libpq 16's own shuffle would undo the
 # status ordering), so "random" works with any libpq.
 LOAD_BALANCE_HOSTS = ("disable", "random")
@@ -72,7 +67,6 @@ def validate_options(
     if not isinstance(options, Mapping):
         # The type only: a DSN string put here would carry the password.
         raise SettingsError(alias, keys, f"a {type(options).__name__} is not a dict", OPTIONS_CHECK)
-    libpq_version = driver.libpq_version() if driver is not None else None
     if driver is not None:
         for key in options:
             if key not in NOT_LIBPQ_KEYWORDS and not driver.is_libpq_keyword(str(key)):
@@ -82,6 +76,15 @@ def validate_options(
                     "libpq has no such connection option (misspelt?)",
                     OPTIONS_CHECK,
                 )
+    for key in ("host", "port", "hostaddr"):
+        if key in options:
+            raise SettingsError(
+                alias,
+                (*keys, key),
+                "list the servers in HOST (and PORT), not in OPTIONS: the backend walks "
+                "that list itself",
+                OPTIONS_CHECK,
+            )
     tsa = target_session_attrs(options)
     if tsa not in TARGET_SESSION_ATTRS:
         raise SettingsError(
@@ -90,19 +93,6 @@ def validate_options(
             f"{tsa!r} is not one of {', '.join(TARGET_SESSION_ATTRS)}",
             OPTIONS_CHECK,
         )
-    if (
-        tsa in TARGET_SESSION_ATTRS_LIBPQ_14
-        and libpq_version is not None
-        and libpq_version < 140000
-    ):
-        raise SettingsError(
-            alias,
-            (*keys, "target_session_attrs"),
-            f"{tsa!r} needs libpq 14 or later; this driver uses libpq "
-            f"{_libpq_label(libpq_version)}",
-            OPTIONS_CHECK,
-        )
-
     if "connect_timeout" in options:
         timeout = options["connect_timeout"]
         number = None
@@ -128,11 +118,6 @@ def validate_options(
                 f"{balance!r} is not one of {', '.join(LOAD_BALANCE_HOSTS)}",
                 OPTIONS_CHECK,
             )
-
-
-def _libpq_label(version: int) -> str:
-    major, minor = divmod(version, 10000)
-    return f"{major}.{minor}" if major >= 10 else str(version)
 
 
 # -- OPTIONS["pool"] -------------------------------------------------------------------------

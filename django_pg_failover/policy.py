@@ -20,7 +20,11 @@ _LIMITS = {
     "backoff_max": (0.001, 300.0),
     "host_recheck": (0.0, 86400.0),
     "attempt_delay": (0.01, 60.0),
+    "stall_timeout": (0.1, 86400.0),
+    "probe_interval": (0.005, 10.0),
 }
+# Settings that None switches off.
+_OPTIONAL = frozenset({"stall_timeout"})
 
 
 @dataclass(frozen=True)
@@ -30,9 +34,10 @@ class FailoverPolicy:
     ``retry_timeout``
         Seconds to keep trying to connect; 0 makes one pass over the hosts.
     ``backoff_initial``, ``backoff_max``
-        The pause before retry *n* is ``min(backoff_max, backoff_initial * 2**(n-1))``,
-        scaled by a random factor in [0.5, 1) so that many processes do not
-        reconnect in lockstep.
+        While connections wait for a suitable server, the pause before the
+        watcher's connect attempt *n* to a server that did not answer is
+        ``min(backoff_max, backoff_initial * 2**(n-1))``, scaled by a random
+        factor in [0.5, 1) so that many processes do not reconnect in lockstep.
     ``host_recheck``
         Seconds a host's last outcome (down, primary, standby) is remembered
         to order the hosts of later connections; 0 disables the memory.
@@ -42,6 +47,14 @@ class FailoverPolicy:
     ``attempt_delay``
         Seconds a connect attempt may go unanswered before the next host is
         tried beside it (a hung host is overtaken, not waited for).
+    ``probe_interval``
+        While connections wait for a suitable server, how often the process's
+        watcher asks each server it holds a connection to whether it now suits
+        (a standby being promoted is found within this interval).
+    ``stall_timeout``
+        Seconds a call may wait on its server before the backend checks, with
+        a new connection, that the server is alive; a server that does not
+        answer has the call given up (:mod:`.stall`). None: never.
     """
 
     retry_timeout: float = 10.0
@@ -50,6 +63,13 @@ class FailoverPolicy:
     host_recheck: float = 10.0
     retry_reads: bool = False
     attempt_delay: float = 0.2
+    # Longer than any statement of a web request should take (checks stay rare),
+    # short enough that a frozen server fails a request well within the 30-60 s a
+    # load balancer or a user waits: with connect_timeout (5 s), 15 s at worst.
+    stall_timeout: float | None = 10.0
+    # One cheap round trip per answering server per interval, per process, while
+    # connections wait: a promotion is found within 25 ms.
+    probe_interval: float = 0.025
 
     @classmethod
     def from_options(cls, options: Any, alias: str | None = None) -> FailoverPolicy:
@@ -78,6 +98,8 @@ class FailoverPolicy:
                         alias, (*keys, name), f"{value!r} is not True or False", FAILOVER_CHECK
                     )
                 values[name] = value
+            elif value is None and name in _OPTIONAL:
+                values[name] = None
             else:
                 values[name] = _seconds(value, alias, (*keys, name))
         policy = cls(**values)

@@ -34,7 +34,7 @@ from . import signals
 from .connect import server_role
 from .liveness import idle_connection_failure
 from .status import host_status
-from .targets import WRITABLE
+from .targets import suits
 
 if TYPE_CHECKING:
     from .connect import Connector
@@ -98,7 +98,9 @@ class FailoverPool(ConnectionPool):
                 if failing and (self.connector.refused_for_good or now >= hosts_deadline):
                     raise self.connector.give_up_error(now - started) from None
                 if now >= pool_deadline:
-                    raise
+                    raise PoolTimeout(
+                        f"couldn't get a connection after {now - started:.2f} sec"
+                    ) from None
                 continue
             failure = self._checkout_failure(connection)
             if failure is None:
@@ -114,11 +116,10 @@ class FailoverPool(ConnectionPool):
             connection.execute("")  # psycopg_pool's check_connection
         except driver.module.Error as exc:
             return exc
-        if self.connector.target_session_attrs in WRITABLE and (
-            driver.parameter_status(connection, "in_hot_standby") == "on"
-            or driver.parameter_status(connection, "default_transaction_read_only") == "on"
-        ):
-            return driver.operational_error("the server turned read-only")
+        # The round trip brought the server's settings up to date.
+        role = server_role(driver, connection)
+        if role is not None and not suits(role, self.connector.target_session_attrs):
+            return driver.operational_error(f"the server is now a {role.value}")
         return None
 
     def _replace(self, connection: Any, failure: BaseException) -> None:

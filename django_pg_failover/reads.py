@@ -1,95 +1,74 @@
-"""Opt-in retry of reads whose connection was lost (``OPTIONS["failover"]["retry_reads"]``).
+"""Opt-in re-run of a read whose connection was lost (``OPTIONS["failover"]["retry_reads"]``).
 
-The rule, all of which must hold (written down in the docs, tested case by case):
+A lost statement is re-run once, on a new connection, only when all of this holds
+(written down in the docs, tested case by case on both drivers):
 
-- the query failed because the connection was lost (not any other error);
-- no atomic block is open, the connection is in autocommit mode, and the
-  server had no transaction open on it (a ``BEGIN`` sent as raw SQL counts);
-- nothing run on that connection before could have left state in its session
-  that the new one would lack: every earlier statement was itself a retryable
-  read or a plain ``INSERT``/``UPDATE``/``DELETE``/``MERGE`` (no ``SET``,
-  ``set_config()``, advisory lock, temporary table, ``PREPARE``, ``LISTEN``, DDL
-  or procedure call);
-- it ran on an ordinary (client-side) cursor: psycopg2 and psycopg 3 both
-  fetch every row during ``execute()``, so the failed query had returned
-  nothing yet;
-- the SQL is one plain ``SELECT``: it starts with ``SELECT``, has no locking
-  clause (``FOR UPDATE``/``FOR NO KEY UPDATE``/``FOR SHARE``/``FOR KEY
-  SHARE``), no ``INTO``, no second statement, no comment, no quoted or
-  schema-qualified function call, and calls no function known to have side
-  effects (``nextval``, ``setval``, ``setseed``, ``set_config``,
-  ``txid_current``, ``lo_*``, ``loread``, ``lowrite``, ``dblink*``,
-  ``query_to_xml*``, ``cursor_to_xml*``, ``brin_*``, ``gin_*``, any ``pg_*``);
-  and no parameter is raw SQL (psycopg2's ``AsIs``; psycopg 3 has no such type).
+- it failed because the connection was lost (not any other error), outside
+  atomic blocks, in autocommit mode, with no transaction open on the server
+  (a ``BEGIN`` sent as raw SQL counts), on an ordinary client-side cursor
+  (psycopg2 and psycopg 3 both fetch every row during ``execute()``, so the
+  caller had received nothing yet);
+- its text is a plain read (:mod:`.statements`): one ``SELECT`` that locks
+  nothing, creates nothing and calls only built-ins that neither write nor
+  change the session; no parameter is raw SQL (psycopg2's ``AsIs``; psycopg 3
+  has no such type);
+- nothing run on that connection before could have left state in the session
+  that the new one would lack: every earlier statement was such a read or a
+  plain ``INSERT``/``UPDATE``/``DELETE``/``MERGE`` into a table (no ``SET``,
+  ``set_config()``, write to ``pg_settings``, advisory lock, temporary table,
+  ``PREPARE``, ``LISTEN``, DDL, function of your own, or text the scanner
+  cannot classify: any of these ends read retry until the next connection);
+- the new session confirms what the text cannot show: every relation it reads
+  is a plain table (or a partitioned table, or a materialized view) without
+  row-level security, so no view, policy or foreign table runs code of its
+  own, and every function it calls is immutable or stable (or one of a few
+  volatile built-ins without side effects, such as ``random()``);
+- and the re-run happens inside a read-only transaction: whatever the checks
+  above could not see, a local write fails there instead of happening twice.
 
-Such a query is re-run once, on a new connection. A function of your own, or
-of an extension, with side effects called unqualified from a SELECT cannot be
-recognised: do not enable ``retry_reads`` if you have any.
+What no client can see, and what therefore must not exist where retry_reads is
+on: a function that writes outside this server (``dblink``, a foreign server)
+and is hidden behind an immutable or stable label, or a C function that lies
+about its volatility.
+
+The work is done where it costs nothing on the healthy path: the statement's
+text is classified once and cached; the server is asked only after a loss.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any
 
 from django.db.backends.postgresql.base import CursorDebugWrapper
 from django.db.backends.utils import CursorWrapper
-from django.db.utils import OperationalError
+from django.db.utils import DatabaseError, OperationalError
 
 from .drivers import TransactionStatus
+from .statements import SQL_CONSTRUCTS, Kind, Statement, classify
 
 logger = logging.getLogger("django_pg_failover")
 
-_SELECT = re.compile(r"\s*SELECT\b", re.IGNORECASE)
-_WRITE = re.compile(r"\s*(?:INSERT|UPDATE|DELETE|MERGE)\b", re.IGNORECASE)
-_LOCKING_OR_INTO = re.compile(
-    r"\bFOR\s+(?:NO\s+KEY\s+)?UPDATE\b|\bFOR\s+(?:KEY\s+)?SHARE\b|\bINTO\b",
-    re.IGNORECASE,
+# Volatile built-ins that neither write nor change anything a re-run could repeat.
+_HARMLESS_VOLATILE = frozenset(
+    {"random", "clock_timestamp", "timeofday", "gen_random_uuid", "statement_timestamp"}
 )
-_SECOND_STATEMENT = re.compile(r";\s*\S")
-# What could hide a call from _SIDE_EFFECT_CALL: comments, Unicode escapes,
-# schema-qualified names.
-_HIDDEN_CALL = re.compile(r'/\*|--|\bU&|\.\s*(?:\w+|"[^"]*")\s*\(', re.IGNORECASE)
-# A quoted name called as a function; in INSERT INTO "table" (...) it is not one.
-_QUOTED_CALL = re.compile(r'"\s*\(')
-_SIDE_EFFECT_CALL = re.compile(
-    r"\b(?:nextval|setval|setseed|set_config|txid_current|lo_\w+|loread|lowrite|dblink\w*"
-    r"|query_to_xml\w*|cursor_to_xml\w*|brin_\w+|gin_\w+|pg_\w+)\s*\(",
-    re.IGNORECASE,
+# Relation kinds whose reading runs no code of their own: tables, partitioned
+# tables, materialized views.
+_PLAIN_RELKINDS = frozenset({"r", "p", "m"})
+
+_RELATIONS_SQL = (
+    "SELECT r.name, c.relkind, c.relrowsecurity FROM unnest(%s::text[]) AS r(name) "
+    "LEFT JOIN pg_class c ON c.oid = to_regclass(r.name)"
 )
-
-
-def _calls_nothing_known_to_write(sql: str) -> bool:
-    return (
-        _SECOND_STATEMENT.search(sql) is None
-        and _HIDDEN_CALL.search(sql) is None
-        and _SIDE_EFFECT_CALL.search(sql) is None
-    )
-
-
-def is_retryable_read(sql: object) -> bool:
-    """True for one plain SELECT with no locking clause and no known side effect."""
-    return (
-        isinstance(sql, str)
-        and _SELECT.match(sql) is not None
-        and _LOCKING_OR_INTO.search(sql) is None
-        and _QUOTED_CALL.search(sql) is None
-        and _calls_nothing_known_to_write(sql)
-    )
-
-
-def leaves_session_unchanged(sql: object) -> bool:
-    """True for a statement that, run in autocommit, leaves nothing in the session.
-
-    A retryable read, or one plain INSERT/UPDATE/DELETE/MERGE: what the ORM sends.
-    """
-    return is_retryable_read(sql) or (
-        isinstance(sql, str)
-        and _WRITE.match(sql) is not None
-        and _calls_nothing_known_to_write(sql)
-    )
+_FUNCTIONS_SQL = (
+    "SELECT f.name, array_agg(p.provolatile::text) FILTER (WHERE p.oid IS NOT NULL) "
+    "FROM unnest(%s::text[]) AS f(name) "
+    "LEFT JOIN pg_proc p ON p.proname = f.name AND pg_function_is_visible(p.oid) "
+    "GROUP BY f.name"
+)
 
 
 def has_raw_sql_param(params: Any, is_raw_sql: Any) -> bool:
@@ -110,32 +89,21 @@ class ReadRetryState:
         self.session_changed = False
 
 
-def note_statement(db: Any, sql: Any, params: Any = None) -> None:
-    reads = db.reads
-    if not reads.session_changed and (
-        not leaves_session_unchanged(sql) or has_raw_sql_param(params, db.driver.is_raw_sql)
-    ):
-        reads.session_changed = True
-
-
-def read_retry_possible(db: Any, sql: Any, params: Any) -> bool:
-    """Before running ``sql``: could the rule of this module let it run again?"""
+def read_retry_possible(db: Any) -> bool:
+    """Before running a read: could it be re-run if its connection were lost?"""
     return (
         db.connection is not None
         and not db.in_atomic_block
         and db.autocommit
         and not db.reads.session_changed
         and db.driver.transaction_status(db.connection) is TransactionStatus.IDLE
-        and is_retryable_read(sql)
-        and not has_raw_sql_param(params, db.driver.is_raw_sql)
     )
 
 
 def may_retry_read(db: Any, exc: OperationalError, raw_cursor: Any) -> bool:
     """After it failed: was the connection lost under it (and closed since)?"""
     return (
-        db.reads.enabled
-        and exc.__cause__ is not None
+        exc.__cause__ is not None
         and exc.__cause__ is db.lost_error
         and db.connection is None
         and not db.in_atomic_block
@@ -144,32 +112,94 @@ def may_retry_read(db: Any, exc: OperationalError, raw_cursor: Any) -> bool:
     )
 
 
+def confirm_read(connection: Any, statement: Statement) -> str | None:
+    """Ask the new session what the text cannot show. None: safe to re-run; else why not."""
+    with connection.cursor() as cursor:
+        if statement.relations:
+            cursor.execute(_RELATIONS_SQL, [list(statement.relations)])
+            for name, relkind, row_security in cursor.fetchall():
+                if relkind is None:
+                    return f"{name} is not a relation this session can see"
+                if relkind not in _PLAIN_RELKINDS:
+                    return f"{name} is not a plain table (relkind {relkind!r}): it may run code"
+                if row_security:
+                    return f"{name} has row-level security: its policies may run code"
+        if statement.functions:
+            cursor.execute(_FUNCTIONS_SQL, [list(statement.functions)])
+            for name, volatilities in cursor.fetchall():
+                if not volatilities:
+                    if name not in SQL_CONSTRUCTS:
+                        return f"{name}() is not a function this session can see"
+                elif "v" in volatilities and name not in _HARMLESS_VOLATILE:
+                    return f"{name}() is volatile: it may write or change the session"
+    return None
+
+
+def _control(db: Any, sql: str) -> None:
+    with db.wrap_database_errors, db.connection.cursor() as cursor:
+        cursor.execute(sql)
+
+
 class ReadRetryMixin:
-    """Re-run a retryable read once after the connection under it was lost."""
+    """Re-run a lost plain read once; note every statement that may change the session."""
 
     def execute(self, sql: Any, params: Any = None) -> Any:
-        retryable = read_retry_possible(self.db, sql, params)
-        if not retryable:  # a retryable read leaves the session as it was
-            note_statement(self.db, sql, params)
-        try:
-            return super().execute(sql, params)
-        except OperationalError as exc:
-            if not (retryable and may_retry_read(self.db, exc, self.cursor)):
-                raise
+        db = self.db
+        statement = classify(sql)
+        kind = statement.kind
+        if kind is Kind.READ and params and has_raw_sql_param(params, db.driver.is_raw_sql):
+            kind = Kind.OTHER  # raw SQL pasted in: it may do anything
+        if kind is Kind.OTHER:
+            db.reads.session_changed = True
+        elif kind is Kind.READ and read_retry_possible(db):
+            try:
+                return super().execute(sql, params)
+            except OperationalError as exc:
+                if not may_retry_read(db, exc, self.cursor):
+                    raise
+                return self._run_again(sql, params, statement, exc)
+        return super().execute(sql, params)
+
+    def _run_again(
+        self, sql: Any, params: Any, statement: Statement, lost: OperationalError
+    ) -> Any:
+        db = self.db
+        db.ensure_connection()
+        connection = db.connection
+        refusal = confirm_read(connection, statement)
+        if refusal is not None:
             logger.warning(
-                "database alias %r: re-running a read whose connection was lost",
-                self.db.alias,
+                "database alias %r: a read lost with its connection is not re-run: %s",
+                db.alias,
+                refusal,
             )
-            self.db.ensure_connection()
-            self.cursor = self.db.create_cursor()
-            return super().execute(sql, params)
+            raise lost
+        logger.warning("database alias %r: re-running a read whose connection was lost", db.alias)
+        self.cursor = db.create_cursor()
+        # Explicit statements: in autocommit mode, the drivers' commit() would not
+        # know of a transaction they did not open.
+        _control(db, "BEGIN READ ONLY")
+        try:
+            result = super().execute(sql, params)
+        except DatabaseError as exc:
+            with suppress(DatabaseError):
+                _control(db, "ROLLBACK")
+            if db.driver.server_read_only(exc.__cause__):
+                logger.warning(
+                    "database alias %r: the re-run tried to write (%s): refused", db.alias, exc
+                )
+                raise lost from None
+            raise
+        _control(db, "COMMIT")
+        return result
 
     def executemany(self, sql: Any, param_list: Any) -> Any:
-        note_statement(self.db, sql)
+        if classify(sql).kind is not Kind.WRITE:
+            self.db.reads.session_changed = True
         return super().executemany(sql, param_list)
 
     def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
-        note_statement(self.db, None)  # a procedure may do anything to the session
+        self.db.reads.session_changed = True  # a procedure may do anything to the session
         return super().callproc(procname, params, kparams)
 
 

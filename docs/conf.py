@@ -1,7 +1,7 @@
 """Sphinx configuration for the django-pg-failover documentation.
 
 No extensions and no network: the reference is written by hand, so building
-the docs imports neither Django nor psycopg2.
+the docs imports neither Django nor a PostgreSQL driver.
 """
 
 import re

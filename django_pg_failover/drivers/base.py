@@ -18,10 +18,12 @@ _LOST_CLASSES = ("08",)
 _LOST_STATES = frozenset({"57P01", "57P02", "57P03"})
 READ_ONLY_SQL_TRANSACTION = "25006"
 
-# libpq's preamble before the reason one host failed.
+# libpq's preamble before the reason one host failed, and psycopg 3's before it
+# (before 3.2, psycopg 3 wrote "connection failed: " and the reason alone).
 _HOST_PREAMBLE = re.compile(
-    r'^(?:connection failed: )?connection to server (?:at "[^"]*"(?: \([^)]*\))?, port \d+'
-    r'|on socket "[^"]*") failed: '
+    r"^(?:connection (?:failed|is bad): )?"
+    r'(?:connection to server (?:at "[^"]*"(?: \([^)]*\))?, port \d+|on socket "[^"]*") '
+    r"failed: )?"
 )
 
 
@@ -45,6 +47,8 @@ class Driver(abc.ABC):
     #: The oldest release this backend supports, and why.
     minimum_version: tuple[int, ...]
     minimum_reason: str
+    #: What to ``pip install`` for a newer release ({} is the minimum version).
+    upgrade: str
 
     # -- identity ---------------------------------------------------------------------
 
@@ -65,7 +69,7 @@ class Driver(abc.ABC):
             raise ImproperlyConfigured(
                 f"django_pg_failover needs {self.name} >= {wanted} ({self.minimum_reason}); "
                 f"this environment has {self.name} {self.version}: "
-                f"pip install --upgrade '{self.name}>={wanted}'"
+                f"pip install --upgrade {self.upgrade.format(wanted)}"
             )
 
     # -- connecting -------------------------------------------------------------------

@@ -25,6 +25,7 @@ class Psycopg2Driver(Driver):
     # The oldest Django 6 accepts; its wheels bundle libpq 16.
     minimum_version = (2, 9, 9)
     minimum_reason = "the oldest release Django 6 supports"
+    upgrade = "'psycopg2-binary>={}' (or psycopg2, built against your libpq)"
 
     def libpq_version(self) -> int:
         return psycopg2.extensions.libpq_version()

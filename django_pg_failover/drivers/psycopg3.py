@@ -26,6 +26,7 @@ class Psycopg3Driver(Driver):
     # (localhost: ::1 and 127.0.0.1); before it, only the first was tried.
     minimum_version = (3, 1, 17)
     minimum_reason = "it tries every address of a host name"
+    upgrade = "'psycopg[binary]>={}'"
 
     def libpq_version(self) -> int:
         return pq.version()

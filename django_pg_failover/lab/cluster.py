@@ -72,8 +72,19 @@ def _close_live_clusters() -> None:
             cluster.close()
 
 
+PARENT_ENV = "PG_FAILOVER_LAB_PARENT"
+
+
 def default_parent_dir() -> Path:
-    """tmpfs when there is one: a lab's data is disposable and RAM is fast."""
+    """Where labs are built: ``$PG_FAILOVER_LAB_PARENT``, else tmpfs when there is one
+    (a lab's data is disposable and RAM is fast), else the temporary folder.
+
+    CI gives each run a parent of its own, and judges leftovers inside it only.
+    """
+    if os.environ.get(PARENT_ENV):
+        parent = Path(os.environ[PARENT_ENV])
+        parent.mkdir(parents=True, exist_ok=True)
+        return parent
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK):
         with suppress(OSError), open("/proc/mounts") as mounts:
@@ -396,6 +407,31 @@ class Cluster:
             cur.execute("ALTER SYSTEM SET default_transaction_read_only = on")
             cur.execute("SELECT pg_reload_conf()")
         return node
+
+    def execute(self, *statements: str, dbname: str = "postgres") -> None:
+        """Run statements on the primary as the superuser, and wait for the standbys
+        to replay them (roles, databases, grants: what a test sets up)."""
+        self._dirty = True
+        with closing(self.primary.connect(dbname)) as conn, conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+        self.wait_replayed()
+
+    def reject(self, user: str, nodes: list[Node] | None = None) -> None:
+        """Make ``pg_hba.conf`` reject ``user`` on ``nodes`` (every node by default).
+
+        pg_hba.conf is each server's own (it is not replicated): a standby can
+        refuse a user its primary accepts.
+        """
+        self._dirty = True
+        lines = "".join(
+            f"{kind:<8}all  {user}  {address}  reject\n"
+            for kind, address in (("local", ""), ("host", "127.0.0.1/32"), ("host", "::1/128"))
+        )
+        for node in nodes if nodes is not None else self.nodes:
+            hba = node.datadir / "pg_hba.conf"
+            hba.write_text(lines + hba.read_text())
+            node.query("SELECT pg_reload_conf()")
 
     def promote(self, node: Node | None = None) -> Node:
         """Promote a standby (the most advanced one by default)."""

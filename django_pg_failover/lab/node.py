@@ -61,6 +61,8 @@ class Node:
         self.socket_dir = socket_dir
         self.listen_addresses = listen_addresses
         self.detach = detach
+        #: Added to the server's (clean) environment at its next start, e.g. LOCPATH.
+        self.environment: dict[str, str] = {}
         self._proc: subprocess.Popen | None = None
 
     def __repr__(self) -> str:
@@ -82,7 +84,11 @@ class Node:
     def pid(self) -> int | None:
         """The postmaster's pid while it exists (running, hung or not yet reaped)."""
         if self._proc is not None:
-            return self._proc.pid if self._proc.poll() is None else None
+            if self._proc.poll() is None:
+                return self._proc.pid
+            # Ours has exited: another process (one that loaded the lab) may have
+            # started the node since.
+            self._proc = None
         lines = self._pidfile()
         if not lines or not lines[0].strip().isdigit():
             return None
@@ -119,7 +125,9 @@ class Node:
             "-c",
             f"unix_socket_directories={self.socket_dir}",
         ]
-        self._proc = spawn(self.user, args, self.log_path, detach=self.detach)
+        self._proc = spawn(
+            self.user, args, self.log_path, detach=self.detach, environment=self.environment
+        )
         if wait:
             self.wait_ready(timeout)
 

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,7 +258,13 @@ def reap(pids: Sequence[int], timeout: float = 10) -> None:
     wait_for(all_gone, timeout, f"processes {list(pids)} to exit", interval=0.005)
 
 
-def spawn(user: ServerUser, args: Sequence[str], log_path: Path, detach: bool) -> subprocess.Popen:
+def spawn(
+    user: ServerUser,
+    args: Sequence[str],
+    log_path: Path,
+    detach: bool,
+    environment: Mapping[str, str] | None = None,
+) -> subprocess.Popen:
     """Start a long-running server program as ``user``.
 
     Unless detached, the program dies with the thread that started it when that
@@ -274,6 +280,8 @@ def spawn(user: ServerUser, args: Sequence[str], log_path: Path, detach: bool) -
         and threading.current_thread() is threading.main_thread()
     ):
         argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
+    kwargs = user.popen_kwargs()
+    kwargs["env"] = {**kwargs["env"], **(environment or {})}
     with open(log_path, "ab") as log:
         user.chown(log_path)
         return subprocess.Popen(
@@ -282,7 +290,7 @@ def spawn(user: ServerUser, args: Sequence[str], log_path: Path, detach: bool) -
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            **user.popen_kwargs(),
+            **kwargs,
         )
 
 

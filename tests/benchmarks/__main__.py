@@ -1,13 +1,12 @@
 """Benchmark django_pg_failover against Django's stock PostgreSQL backend on a real lab.
 
-    python -m tests.benchmarks [--rounds 15] [--pg-version 18]
+    python -m tests.benchmarks [--rounds 15] [--pg-version 18] [--variants psycopg2,psycopg]
 
-Both backends run in the same process against the same lab, interleaved
-(the side that runs first alternates every round). Loopback timings here are
-noisy, so times are compared as ratios (ours / stock): for the steady-state
-scenarios, the ratio of each side's best round (as timeit reports) with the
-median and spread of the per-round ratios beside it. Prints a table, then one
-JSON line.
+One lab; for each driver variant (psycopg2, psycopg 3, psycopg 3 with Django's
+pool) a process of its own runs every scenario with both backends side by side
+on that driver (Django picks one driver per process). Times are compared as
+ratios (ours / stock), never quoted alone: loopback timings here are noisy.
+Prints a table per variant, then one JSON line.
 """
 
 from __future__ import annotations
@@ -15,313 +14,170 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
 import subprocess
 import sys
-import threading
-import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 
 from django_pg_failover.lab import Cluster, find_install
 
 from . import django_setup
 
-SIDES = ("stock", "ours")
+ROOT = Path(__file__).resolve().parents[2]
+HIDDEN_PSYCOPG = ROOT / "tests" / "hidden_psycopg"
+VARIANTS = ("psycopg2", "psycopg", "psycopg+pool")
 
 
-# -- steady state -----------------------------------------------------------------------
-
-
-def time_rounds(work: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {side: [] for side in SIDES}
-    for n in range(rounds):
-        order = SIDES if n % 2 == 0 else SIDES[::-1]
-        for side in order:
-            started = time.perf_counter()
-            work[side]()
-            times[side].append(time.perf_counter() - started)
-    return times
-
-
-def summarise(times: dict[str, list[float]]) -> dict[str, float]:
-    per_round = [o / s for o, s in zip(times["ours"], times["stock"], strict=True)]
-    return {
-        "stock": min(times["stock"]),
-        "ours": min(times["ours"]),
-        "ratio": min(times["ours"]) / min(times["stock"]),
-        "median": statistics.median(per_round),
-        "low": min(per_round),
-        "high": max(per_round),
-    }
-
-
-def orm_queries(alias: str, pk: int, count: int) -> Callable[[], None]:
-    from shop.models import Order
-
-    manager = Order.objects.using(alias)
-
-    def run() -> None:
-        for _ in range(count):
-            manager.get(pk=pk)
-
-    return run
-
-
-def connects(alias: str, count: int) -> Callable[[], None]:
-    from django.db import connections
-
-    def run() -> None:
-        for _ in range(count):
-            connection = connections[alias]
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
-            connection.close()
-
-    return run
-
-
-# -- a hung first host ------------------------------------------------------------------------
-
-
-def hung_first_host(cluster: Cluster, count: int) -> dict[str, float]:
-    from django.db import connections
-
-    from django_pg_failover.status import host_status
-
-    hung, primary, other = cluster.standbys[0], cluster.primary, cluster.standbys[1]
-    order = [hung, primary, other]
-    django_setup.set_alias("ours", django_setup.ours(cluster, order))
-    django_setup.set_alias("stock", django_setup.stock(cluster, order))
-    host_status.clear()
-    cluster.hang(hung, include_sessions=False)
-    totals = {}
-    try:
-        for side in SIDES[::-1]:
-            started = time.perf_counter()
-            for _ in range(count):
-                connection = connections[side]
-                connection.ensure_connection()
-                assert int(connection.connection.info.port) == primary.port
-                connection.close()
-            totals[side] = time.perf_counter() - started
-    finally:
-        cluster.resume(hung)
-    return {**totals, "ratio": totals["ours"] / totals["stock"]}
-
-
-# -- failover under load --------------------------------------------------------------------
-
-
-@dataclass
-class Unit:
-    started: float
-    ended: float
-    ok: bool
-    write_done: float | None = None
-
-
-@dataclass
-class Load:
-    alias: str
-    units: list[Unit] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def worker(self, stop: threading.Event) -> None:
-        from django.core.signals import request_finished, request_started
-        from django.db import Error
-
-        from shop.models import Order
-
-        orders = Order.objects.using(self.alias)
-        while not stop.is_set():
-            started = time.monotonic()
-            write_done = None
-            request_started.send(sender=None)
-            try:
-                orders.filter(key="seed").exists()
-                orders.count()
-                orders.create(key=uuid.uuid4().hex)
-                write_done = time.monotonic()
-                ok = True
-            except Error:
-                ok = False
-            finally:
-                request_finished.send(sender=None)
-            with self.lock:
-                self.units.append(Unit(started, time.monotonic(), ok, write_done))
-            time.sleep(0.01)  # think time, the same for both sides
-
-
-def failover_under_load(cluster: Cluster, threads: int, promote_delay: float) -> dict:
-    django_setup.set_alias("ours", django_setup.ours(cluster))
-    django_setup.set_alias("stock", django_setup.stock(cluster))
-    loads = {side: Load(side) for side in SIDES}
-    stop = threading.Event()
-    workers = [
-        threading.Thread(target=loads[side].worker, args=(stop,))
-        for side in SIDES
-        for _ in range(threads)
-    ]
-    for worker in workers:
-        worker.start()
-    time.sleep(1.0)
-    cluster.crash(cluster.primary)
-    crashed = time.monotonic()  # units that began before this may have reached the old primary
-    time.sleep(promote_delay)
-    cluster.promote()
-    promoted = time.monotonic()
-    time.sleep(2.0)
-    stop.set()
-    for worker in workers:
-        worker.join(60)
-    cluster.follow()
-
-    result = {}
-    for side, load in loads.items():
-        after = [u for u in load.units if u.started >= crashed]
-        in_flight = [u for u in load.units if u.started < crashed < u.ended]
-        writes = [u.write_done for u in load.units if u.write_done and u.write_done >= promoted]
-        result[side] = {
-            "units": len(load.units),
-            "failed_after_crash": sum(not u.ok for u in after),
-            "failed_in_flight": sum(not u.ok for u in in_flight),
-            "first_write_after_promotion_s": (min(writes) - promoted) if writes else None,
-        }
-    return result
-
-
-# -- memory ------------------------------------------------------------------------------
-
-
-def peak_rss(side: str, cluster: Cluster) -> float:
-    """Peak RSS (MiB) of a fresh process running scenarios 1 and 2 on one backend."""
-    probe = subprocess.run(
-        [sys.executable, "-m", "tests.benchmarks", "--rss-probe", side, "--lab", str(cluster.root)],
-        capture_output=True,
+def child(variant: str, *args: str) -> dict:
+    """Run ``tests.benchmarks.run`` for one variant; its JSON result."""
+    path = [str(ROOT)]
+    if variant == "psycopg2":
+        path.insert(0, str(HIDDEN_PSYCOPG))  # Django then picks psycopg2
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.benchmarks.run", "--variant", variant, *args],
+        stdout=subprocess.PIPE,
         text=True,
+        env=env,
+        cwd=ROOT,
         check=True,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
-    return float(probe.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def rss_probe(side: str, lab: str) -> None:
-    cluster = Cluster.load(lab)
-    database = django_setup.ours(cluster) if side == "ours" else django_setup.stock(cluster)
-    django_setup.configure({"ours": database, "stock": database})
+def prepare(cluster: Cluster) -> None:
+    """The shop's tables, a seed row, room for the stampede's connections; then a snapshot."""
+    django_setup.configure(
+        {"ours": django_setup.ours(cluster), "stock": django_setup.ours(cluster)}
+    )
+    from django.core.management import call_command
+    from django.db import connections
+
     from shop.models import Order
 
-    pk = Order.objects.using("ours").get(key="seed").pk
-    orm_queries("ours", pk, 2000)()
-    connects("ours", 50)()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-
-# -- the run -------------------------------------------------------------------------------
+    call_command("migrate", database="ours", verbosity=0)
+    Order.objects.using("ours").create(key="seed")
+    cluster.wait_replayed()
+    connections.close_all()
+    for node in cluster.nodes:  # 200 waiting threads, then 200 connections at once
+        node.query("ALTER SYSTEM SET max_connections = 300")
+    cluster.snapshot()  # restarts the servers (max_connections); reset() returns here
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--pg-version", type=int)
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--rss-probe", choices=SIDES, help=argparse.SUPPRESS)
-    parser.add_argument("--lab", help=argparse.SUPPRESS)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--failovers", type=int, default=5)
+    parser.add_argument("--frozen-seconds", type=float, default=60.0)
+    parser.add_argument("--stampede", type=int, default=200)
     args = parser.parse_args()
-    if args.rss_probe:
-        rss_probe(args.rss_probe, args.lab)
-        return 0
+    variants = [v for v in args.variants.split(",") if v]
 
     install = find_install(args.pg_version)
     print(f"PostgreSQL {install.major} ({install.source}); building the lab...", flush=True)
+    results: dict[str, dict] = {}
     with Cluster.create(install=install) as cluster:
-        django_setup.configure(
-            {"ours": django_setup.ours(cluster), "stock": django_setup.stock(cluster)}
-        )
-        from django.core.management import call_command
-        from django.db import connections
-
-        from shop.models import Order
-
-        call_command("migrate", database="ours", verbosity=0)
-        pk = Order.objects.using("ours").create(key="seed").pk
-        cluster.wait_replayed()
-        connections.close_all()
-        cluster.snapshot()  # restarts the servers; reset() comes back to this state
-
-        print("1/5 ORM get() x2000 ...", flush=True)
-        queries = summarise(time_rounds({s: orm_queries(s, pk, 2000) for s in SIDES}, args.rounds))
-        print("2/5 connect + query + close x100 ...", flush=True)
-        connect = summarise(time_rounds({s: connects(s, 100) for s in SIDES}, args.rounds))
-        print("3/5 hung first host, 20 new connections ...", flush=True)
-        hung = hung_first_host(cluster, 20)
-        print("4/5 failover under load ...", flush=True)
-        cluster.reset()
-        failover = failover_under_load(cluster, args.threads, promote_delay=1.0)
-        cluster.reset()
-        print("5/5 peak RSS ...", flush=True)
-        rss = {side: peak_rss(side, cluster) for side in SIDES}
-    rss["ratio"] = rss["ours"] / rss["stock"]
-
-    print_table(queries, connect, hung, failover, rss)
-    print(
-        json.dumps(
-            {
-                "orm_get_ratio": round(queries["ratio"], 3),
-                "connect_ratio": round(connect["ratio"], 3),
-                "hung_first_host_ratio": round(hung["ratio"], 3),
-                "peak_rss_ratio": round(rss["ratio"], 3),
-                "failover": failover,
-                "postgresql": install.major,
-            }
-        )
-    )
+        prepare(cluster)
+        common = [
+            "--lab", str(cluster.root),
+            "--rounds", str(args.rounds),
+            "--failovers", str(args.failovers),
+            "--frozen-seconds", str(args.frozen_seconds),
+            "--stampede", str(args.stampede),
+        ]  # fmt: skip
+        for variant in variants:
+            print(f"{variant}:", flush=True)
+            results[variant] = child(variant, *common)
+            cluster.reset()
+            rss = {side: child(variant, "--lab", str(cluster.root), "--rss-only", side)
+                   for side in ("stock", "ours")}  # fmt: skip
+            results[variant]["rss"] = {**rss, "ratio": rss["ours"] / rss["stock"]}
+            cluster.reset()
+    for variant, result in results.items():
+        print_table(variant, result)
+    print(json.dumps({"postgresql": install.major, **results}))
     return 0
 
 
-def print_table(queries, connect, hung, failover, rss) -> None:
-    def row(name: str, stock: str, ours: str, ratio: str) -> None:
-        print(f"{name:<44}{stock:>12}{ours:>12}  {ratio}")
+def print_table(variant: str, r: dict) -> None:
+    def row(name: str, stock: object, ours: object, ratio: str = "") -> None:
+        print(f"  {name:<52}{fmt(stock):>10}{fmt(ours):>10}  {ratio}")
 
-    print()
-    row("scenario", "stock", "ours", "ours/stock")
-    for name, result in (
-        ("1 ORM get() x2000, one connection (best)", queries),
-        ("2 connect + SELECT 1 + close x100 (best)", connect),
-    ):
+    def fmt(value: object) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.3f}"
+        return str(value)
+
+    def timed(name: str, c: dict, ours: str = "ours", stock: str = "stock") -> None:
         row(
             name,
-            f"{result['stock']:.3f}s",
-            f"{result['ours']:.3f}s",
-            f"{result['ratio']:.3f}  (per round: median {result['median']:.3f}, "
-            f"{result['low']:.2f}-{result['high']:.2f})",
+            c[stock],
+            c[ours],
+            f"{c['ratio']:.3f}  (per round: median {c['median']:.3f}, "
+            f"{c['low']:.2f}-{c['high']:.2f})",
         )
+
+    print(f"\n{variant} ({r['driver']})")
+    row("scenario", "stock", "ours", "ours/stock")
+    timed("ORM get() x2000, one connection, best round (s)", r["orm_get"])
+    timed("  the same with retry_reads on", r["orm_get_retry_reads"], ours="ours_reads")
+    timed("1000-row INSERT in atomic, best round (s)", r["bulk_insert"])
+    timed(
+        "  retry_reads on / off",
+        r["bulk_insert_reads_vs_off"],
+        ours="ours_reads",
+        stock="ours",
+    )
+    timed("connect + SELECT 1 + close x100, best round (s)", r["connect"])
+    if "request_cycle" in r:
+        timed("request cycle x1000, persistent connection (s)", r["request_cycle"])
+        row("  one liveness check of an idle connection (us)", None, r["liveness_check_s"] * 1e6)
+    hung = r["hung_first_host"]
+    row("hung first host: first connect (s)", hung["first_stock"], hung["first_ours"])
     row(
-        "3 hung first host, 20 new connections",
-        f"{hung['stock']:.2f}s",
-        f"{hung['ours']:.2f}s",
+        "hung first host: 20 new connections (s)",
+        hung["stock"],
+        hung["ours"],
         f"{hung['ratio']:.3f}",
     )
-    for key, label in (
-        ("units", "4 failover under load: units run"),
-        ("failed_after_crash", "  failed, started after the crash"),
-        ("failed_in_flight", "  failed, in flight at the crash"),
-        ("first_write_after_promotion_s", "  first write after promotion (s)"),
-    ):
-        values = [failover[side][key] for side in SIDES]
+    frozen = r["frozen_host"]
+    row(
+        f"frozen first host, {frozen['requests']} requests: slowest (s)",
+        None,
+        frozen["slowest_s"],
+        f"{frozen['slowed_over_0.5s']} slowed by more than 0.5 s",
+    )
+    for threads in (1, 4):
+        f = r[f"failover_{threads}"]
         row(
-            label,
-            *(
-                ("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v))
-                for v in values
-            ),
-            "",
+            f"failover, {threads} thread(s): failed units after the crash",
+            f["stock"]["failed_after_crash"],
+            f["ours"]["failed_after_crash"],
         )
-    row("peak RSS (MiB)", f"{rss['stock']:.1f}", f"{rss['ours']:.1f}", f"{rss['ratio']:.3f}")
-    print()
+        row(
+            "  first write after promotion, median (s)",
+            f["stock"]["first_write_median_s"],
+            f["ours"]["first_write_median_s"],
+        )
+        row("  ... worst (s)", f["stock"]["first_write_worst_s"], f["ours"]["first_write_worst_s"])
+    if "persistent_failover" in r:
+        p = r["persistent_failover"]
+        row("persistent connections, failover: failed units", p["stock"], p["ours"])
+    if "stampede" in r:
+        s = r["stampede"]
+        row(
+            f"{s['threads']} threads through a failover: served",
+            None,
+            s["served"],
+            f"failed {s['failed']}",
+        )
+        row("  all served within (s) of the promotion", None, s["all_served_within_s"])
+        row("  sessions opened while waiting, per host per second", None, s["per_host_per_second"])
+    rss = r["rss"]
+    row("peak RSS (MiB)", rss["stock"], rss["ours"], f"{rss['ratio']:.3f}")
 
 
 if __name__ == "__main__":

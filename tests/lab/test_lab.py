@@ -131,13 +131,23 @@ def test_blackhole_socket_times_out(pg_blackhole) -> None:
 
 def test_crash_kills_every_process_and_leaves_no_shared_memory(pg_cluster: Cluster) -> None:
     node = pg_cluster.primary
+    # Dynamic segments live in the data folder (never in /dev/shm, where other
+    # servers of the machine keep theirs), and go away with it.
+    assert node.scalar("SHOW dynamic_shared_memory_type") == "mmap"
+    shmid = node._shared_memory_id()
+    assert shmid is not None and shmid in system_v_segments()
     with closing(node.connect()):  # a backend that must die too
         backend_pids = [int(r[0]) for r in node.query("SELECT pid FROM pg_stat_activity")]
         postmaster = node.pid
         pg_cluster.crash(node)
     assert process_state(postmaster) is None
     assert all(process_state(pid) is None for pid in backend_pids)
-    assert not list(Path("/dev/shm").glob("PostgreSQL.*"))
+    assert shmid not in system_v_segments()
+
+
+def system_v_segments() -> set[int]:
+    lines = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    return {int(line.split()[1]) for line in lines}
 
 
 def test_reset_after_faults_gives_a_healthy_cluster(pg_cluster: Cluster) -> None:

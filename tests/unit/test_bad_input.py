@@ -52,6 +52,8 @@ BAD_SETTINGS = [
     ({"HOST": "db1", "OPTIONS": "password=s3cret"}, "['OPTIONS']: a str is not a dict"),
     ({"HOST": "db1", "OPTIONS": {"conect_timeout": 3}}, "['conect_timeout']: libpq has no such"),
     ({"HOST": "db1", "OPTIONS": {"target_session_attrs": "master"}}, "'master' is not one of"),
+    ({"HOST": "db1", "OPTIONS": {"host": "db2"}}, "['OPTIONS']['host']: list the servers in HOST"),
+    ({"HOST": "db1", "OPTIONS": {"hostaddr": "10.0.0.1"}}, "['hostaddr']: list the servers in"),
     ({"HOST": "db1", "OPTIONS": {"connect_timeout": 0}}, "0 would wait forever"),
     ({"HOST": "db1", "OPTIONS": {"connect_timeout": "ten"}}, "'ten' is not a whole number"),
     ({"HOST": "db1", "OPTIONS": {"connect_timeout": 86400}}, "86400 is not a whole number"),
@@ -190,7 +192,7 @@ def test_a_psycopg_older_than_we_support_is_refused(tmp_path) -> None:
     assert last == (
         "django.core.exceptions.ImproperlyConfigured: django_pg_failover needs psycopg >= "
         "3.1.17 (it tries every address of a host name); this environment has psycopg "
-        "3.1.16: pip install --upgrade 'psycopg>=3.1.17'"
+        "3.1.16: pip install --upgrade 'psycopg[binary]>=3.1.17'"
     )
 
 

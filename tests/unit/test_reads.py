@@ -1,90 +1,127 @@
-"""Which SQL the opt-in read retry may re-run (pure logic)."""
+"""Which SQL the opt-in read retry may re-run, and which ends it (the text's part of the rule)."""
 
 from __future__ import annotations
 
 import pytest
 
 from django_pg_failover.drivers import get_driver
-from django_pg_failover.reads import has_raw_sql_param, is_retryable_read, leaves_session_unchanged
+from django_pg_failover.reads import has_raw_sql_param
+from django_pg_failover.statements import Kind, classify
+
+READS = [
+    'SELECT "shop_order"."id", "shop_order"."key" FROM "shop_order" WHERE "shop_order"."key" = %s',
+    "select count(*) from shop_order",
+    "  SELECT 1",
+    "SELECT upper(key), coalesce(amount, 0) FROM shop_order ORDER BY id LIMIT 21",
+    "SELECT 1;",
+    "SELECT id FROM shop_order WHERE key = 'format'",
+    # A comment or a literal is read as such: it hides nothing.
+    "-- a comment\nSELECT 1",
+    "SELECT 'set_config(1)' FROM shop_order /* nextval('s') */",
+    "SELECT EXTRACT(YEAR FROM created_at) FROM shop_order",
+]
 
 
-@pytest.mark.parametrize(
-    "sql",
-    [
-        (
-            'SELECT "shop_order"."id", "shop_order"."key" FROM "shop_order" '
-            'WHERE "shop_order"."key" = %s'
-        ),
-        "select count(*) from shop_order",
-        "  SELECT 1",
-        "SELECT upper(key), coalesce(amount, 0) FROM shop_order ORDER BY id LIMIT 21",
-        "SELECT 1;",
-        "SELECT id FROM shop_order WHERE key = 'format'",
-    ],
-)
-def test_plain_selects_are_retryable(sql) -> None:
-    assert is_retryable_read(sql)
+@pytest.mark.parametrize("sql", READS)
+def test_plain_selects_are_reads(sql) -> None:
+    assert classify(sql).kind is Kind.READ
 
 
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "INSERT INTO shop_order (key) VALUES (%s)",
-        "UPDATE shop_order SET amount = 1",
-        "DELETE FROM shop_order",
-        "SELECT * FROM shop_order FOR UPDATE",
-        "SELECT * FROM shop_order FOR NO KEY UPDATE SKIP LOCKED",
-        "SELECT * FROM shop_order FOR SHARE",
-        "select * from shop_order for key share",
-        "SELECT * INTO backup FROM shop_order",
-        "SELECT nextval('shop_order_id_seq')",
-        "SELECT setval('shop_order_id_seq', 10)",
-        "SELECT pg_advisory_lock(1)",
-        "SELECT pg_try_advisory_xact_lock(1)",
-        "SELECT set_config('work_mem', '1GB', false)",
-        "SELECT txid_current()",
-        "SELECT lo_create(0)",
-        "SELECT dblink_exec('...')",
-        "SELECT pg_notify('chan', 'x')",
-        "SELECT 1; DELETE FROM shop_order",
-        "WITH gone AS (DELETE FROM shop_order RETURNING *) SELECT * FROM gone",
-        "-- comment\nSELECT 1",
-        "EXPLAIN ANALYZE SELECT 1",
-        b"SELECT 1",
-        None,
-    ],
-)
-def test_everything_else_is_not(sql) -> None:
-    assert not is_retryable_read(sql)
+def test_reads_name_their_relations_and_functions() -> None:
+    statement = classify(
+        'SELECT COUNT(*), lower(o."key") FROM "shop_order" o INNER JOIN public.shop_account '
+        'a ON (o."key" = a.name), extra WHERE EXTRACT(YEAR FROM o.created_at) IN (%s) '
+        "AND o.id IN (SELECT id FROM (SELECT id FROM other_table) sub)"
+    )
+    assert statement.kind is Kind.READ
+    assert statement.relations == (
+        '"shop_order"',
+        "public.shop_account",
+        "extra",
+        "other_table",
+    )
+    assert statement.functions == ("count", "lower", "extract")
 
 
-@pytest.mark.parametrize(
-    "sql",
-    [
-        # Ways to hide a call with side effects from the name patterns.
-        "SELECT \"nextval\"('s')",
-        "SELECT pg_catalog.\"setval\"('s', 1)",
-        'SELECT "pg_advisory_lock"(1)',
-        "SELECT nextval/**/('s')",
-        "SELECT U&\"\\006Eextval\"('s')",
-        "SELECT cron.schedule('* * * * *', 'DELETE FROM t')",
-        "SELECT public.my_function(1)",
-        # Built-ins with side effects that are not pg_*.
-        "SELECT lowrite(1, 'x')",
-        "SELECT setseed(0.5)",
-        "SELECT query_to_xml(%s, true, false, '')",
-        "SELECT brin_summarize_new_values('i')",
-        "SELECT gin_clean_pending_list('i')",
-    ],
-)
-def test_hidden_or_unlisted_side_effects_are_not_retryable(sql) -> None:
-    assert not is_retryable_read(sql)
+WRITES = [
+    'INSERT INTO "shop_order" ("key", "amount", "created_at") VALUES (%s, %s, %s) '
+    'RETURNING "shop_order"."id"',
+    'UPDATE "shop_account" SET "balance" = ("shop_account"."balance" + %s) '
+    'WHERE "shop_account"."id" = %s',
+    'DELETE FROM "shop_order" WHERE "shop_order"."id" IN (%s, %s)',
+    "UPDATE ONLY shop_order SET key = lower(key)",
+]
 
 
-def orm_selects() -> list[str]:
+@pytest.mark.parametrize("sql", WRITES)
+def test_plain_writes_leave_the_session_unchanged(sql) -> None:
+    assert classify(sql).kind is Kind.WRITE
+
+
+OTHERS = [
+    # Locking, creating, two statements, a write hidden in a CTE.
+    "SELECT * FROM shop_order FOR UPDATE",
+    "SELECT * FROM shop_order FOR NO KEY UPDATE SKIP LOCKED",
+    "SELECT * FROM shop_order FOR SHARE",
+    "select * from shop_order for key share",
+    "SELECT * INTO backup FROM shop_order",
+    "SELECT 1; DELETE FROM shop_order",
+    "WITH gone AS (DELETE FROM shop_order RETURNING *) SELECT * FROM gone",
+    "WITH x AS (SELECT 1) SELECT * FROM x",
+    "EXPLAIN ANALYZE SELECT 1",
+    b"SELECT 1",
+    None,
+    # Calls with side effects, or of a function nobody can classify from the text.
+    "SELECT nextval('shop_order_id_seq')",
+    "SELECT setval('shop_order_id_seq', 10)",
+    "SELECT pg_advisory_lock(1)",
+    "SELECT set_config('work_mem', '1GB', false)",
+    "SELECT txid_current()",
+    "SELECT lo_create(0)",
+    "SELECT dblink_exec('...')",
+    "SELECT pg_notify('chan', 'x')",
+    "SELECT audit_read(id) FROM shop_order",  # an unqualified extension function
+    "SELECT * FROM audited_rows()",  # a set-returning function of your own
+    "SELECT public.my_function(1)",
+    "SELECT cron.schedule('* * * * *', 'DELETE FROM t')",
+    "SELECT \"nextval\"('s')",
+    "SELECT pg_catalog.\"setval\"('s', 1)",
+    "SELECT nextval/**/('s')",
+    "SELECT U&\"\\006Eextval\"('s')",
+    "SELECT lowrite(1, 'x')",
+    "SELECT setseed(0.5)",
+    "SELECT query_to_xml(%s, true, false, '')",
+    # The session's settings, written through a catalog view.
+    "UPDATE pg_settings SET setting = 's1' WHERE name = 'search_path'",
+    "SELECT * FROM pg_settings",
+    "UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'y'",
+    # Statements that change the session.
+    "SET search_path TO tenant_1",
+    "SET ROLE reporting",
+    "CREATE TEMPORARY TABLE scratch (id int)",
+    "PREPARE q AS SELECT 1",
+    "LISTEN orders",
+    "BEGIN",
+    "CALL refresh_totals()",
+    "INSERT INTO t VALUES (1); SET search_path TO x",
+    "UPDATE t SET x = pg_advisory_lock(1)",
+    "INSERT INTO t (x) VALUES (set_config('a', 'b', false))",
+    # What the scanner cannot read.
+    "SELECT 'unterminated",
+    "SELECT $$ never closed",
+    "SELECT 1 /* never closed",
+]
+
+
+@pytest.mark.parametrize("sql", OTHERS)
+def test_everything_else_may_change_the_session(sql) -> None:
+    assert classify(sql).kind is Kind.OTHER
+
+
+def orm_statements() -> list[str]:
     from django.db import connection
     from django.db.models import Count, Exists, OuterRef, Sum
-    from django.db.models.functions import Upper
+    from django.db.models.functions import ExtractYear, Upper
 
     from shop.models import Account, Order
 
@@ -95,49 +132,22 @@ def orm_selects() -> list[str]:
         Order.objects.annotate(upper=Upper("key")).exclude(amount__gt=5),
         Order.objects.filter(Exists(Account.objects.filter(name=OuterRef("key")))),
         Account.objects.filter(id__in=Order.objects.values("amount")),
+        Order.objects.annotate(year=ExtractYear("created_at")).filter(year=2026),
+        Order.objects.select_related().distinct().filter(key__icontains="x"),
     ]
     return [qs.query.get_compiler(connection=connection).as_sql()[0] for qs in querysets]
 
 
-def test_what_the_orm_sends_for_reads_is_retryable() -> None:
-    for sql in orm_selects():
-        assert is_retryable_read(sql), sql
+def test_what_the_orm_sends_for_reads_is_a_read() -> None:
+    for sql in orm_statements():
+        assert classify(sql).kind is Kind.READ, sql
 
 
-@pytest.mark.parametrize(
-    "sql",
-    [
-        'INSERT INTO "shop_order" ("key", "amount", "created_at") VALUES (%s, %s, %s) '
-        'RETURNING "shop_order"."id"',
-        'UPDATE "shop_account" SET "balance" = ("shop_account"."balance" + %s) '
-        'WHERE "shop_account"."id" = %s',
-        'DELETE FROM "shop_order" WHERE "shop_order"."id" IN (%s, %s)',
-        "SELECT 1",
-    ],
-)
-def test_plain_statements_leave_the_session_unchanged(sql) -> None:
-    assert leaves_session_unchanged(sql)
-
-
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "SET search_path TO tenant_1",
-        "SET ROLE reporting",
-        "SELECT set_config('app.tenant', '1', false)",
-        "SELECT pg_advisory_lock(1)",
-        "CREATE TEMPORARY TABLE scratch (id int)",
-        "PREPARE q AS SELECT 1",
-        "LISTEN orders",
-        "BEGIN",
-        "CALL refresh_totals()",
-        "INSERT INTO t VALUES (1); SET search_path TO x",
-        "UPDATE t SET x = pg_advisory_lock(1)",
-        None,
-    ],
-)
-def test_statements_that_may_change_the_session(sql) -> None:
-    assert not leaves_session_unchanged(sql)
+def test_the_classification_is_cached_by_text() -> None:
+    sql = "SELECT id FROM shop_order WHERE id = %s -- cached"
+    assert classify(sql) is classify(
+        "".join(["SELECT id FROM shop_order ", "WHERE id = %s -- cached"])
+    )
 
 
 @pytest.mark.skipif(get_driver().name != "psycopg2", reason="AsIs is psycopg2's type")

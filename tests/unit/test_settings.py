@@ -237,6 +237,12 @@ def test_test_mirror_uses_its_primarys_hosts_and_role() -> None:
             "No such file or directory\n",
             "No such file or directory",
         ),
+        # psycopg 3 before 3.2
+        ("connection failed: Connection refused", "Connection refused"),
+        (
+            'connection failed: FATAL:  password authentication failed for user "app"',
+            'FATAL:  password authentication failed for user "app"',
+        ),
         (
             'could not translate host name "db-gone.example" to address: Name or service not '
             "known\n",
