@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench venv
+.PHONY: demo test lint bench conformance venv
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Django's own test suite on Django's backend and on this one, against a lab: equal, test by
+# test, on both drivers. CONFORMANCE_ARGS="--apps backends --driver psycopg" runs a slice.
+CONFORMANCE_ARGS ?=
+conformance: venv
+	$(PY) -m tests.conformance $(CONFORMANCE_ARGS)
 
 bench: venv
 	$(PY) -m tests.benchmarks
