@@ -35,7 +35,7 @@ from .policy import FailoverPolicy
 from .status import host_status
 from .targets import Role, accepts_fallback, role_from, suits
 from .verdicts import Verdict, connect_verdict, server_message
-from .watcher import Watcher, active_watcher, watcher_for
+from .watcher import Watcher, active_watcher, forget_failures, watcher_for
 
 logger = logging.getLogger("django_pg_failover")
 
@@ -272,9 +272,7 @@ class Connector:
             elif fallback is not None:
                 self.driver.close_quietly(fallback.connection)
             if leader is not None:
-                hopeless = len(failures) == len(hosts) and all(
-                    f.final for f in failures.values()
-                )
+                hopeless = len(failures) == len(hosts) and all(f.final for f in failures.values())
                 leader.done_leading(found=winner is not None, hopeless=hopeless)
         return _Walk(winner, [failures[h] for h in hosts if h in failures], deferred)
 
@@ -299,7 +297,6 @@ class Connector:
         if deadline is None:
             deadline = started + policy.retry_timeout
         refused: dict[Host, HostFailure] = {}
-        latest: dict[Host, HostFailure] = {}
         passes = 0
         searching = active_watcher(self, params)
         if searching is not None:
@@ -311,15 +308,20 @@ class Connector:
             walk = self.walk(params, candidates, lambda: watcher_for(self, params))
             self._report_failures(walk.failures, passes)
             if walk.landing is not None:
+                if passes > 1 or walk.failures:
+                    forget_failures(self, params)  # they describe an outage now over
                 self.failing = self.refused_for_good = False
                 landing = walk.landing
                 landing.passes, landing.elapsed = passes, time.monotonic() - started
                 self._report_connected(landing)
                 return landing
+            watcher = watcher_for(self, params)
+            watcher.record_failures(walk.failures)
             for failure in walk.failures:
-                latest[failure.host] = failure
                 if failure.final:
                     refused[failure.host] = failure
+            # What this thread saw, and what the process's other searches saw.
+            latest = {**watcher.failures, **{f.host: f for f in walk.failures}}
             self.last_failures = [latest[h] for h in self.hosts if h in latest]
             self.failing = True
             elapsed = time.monotonic() - started
@@ -327,7 +329,7 @@ class Connector:
             if walk.deferred and time.monotonic() < deadline and keep_waiting():
                 # Another thread searches the list: wait for what it (or the
                 # watcher after it) finds.
-                watcher_for(self, params).wait(_until(deadline))
+                watcher.wait(_until(deadline))
                 continue
             if len(refused) == len(self.hosts):
                 self.refused_for_good = True
@@ -357,7 +359,7 @@ class Connector:
                 )
             # One watcher per process looks for a server on behalf of every waiting
             # thread; the last try lands on the deadline.
-            watcher_for(self, params).wait(_until(deadline))
+            watcher.wait(_until(deadline))
 
     def ordered_hosts(self) -> tuple[Host, ...]:
         if self.policy.host_recheck > 0:

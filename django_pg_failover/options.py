@@ -141,8 +141,9 @@ def validate_pool(
         raise SettingsError(
             alias,
             keys,
-            "Django's connection pool needs psycopg 3, and Django uses psycopg2 here: "
-            "pip install 'django-pg-failover[psycopg]'",
+            # Django's own words first: code and tests look for them.
+            "Database pooling requires psycopg >= 3 (Django's connection pool), and Django "
+            "uses psycopg2 here: pip install 'django-pg-failover[psycopg]'",
             POOL_CHECK,
         )
     if django.VERSION < (5, 1):
@@ -151,8 +152,7 @@ def validate_pool(
         raise SettingsError(
             alias,
             ("CONN_MAX_AGE",),
-            "must be 0 with a connection pool (Django: \"Pooling doesn't support persistent "
-            'connections")',
+            "Pooling doesn't support persistent connections. Set it to 0 to use OPTIONS['pool'].",
             POOL_CHECK,
         )
     if pool is True:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -65,11 +65,16 @@ class FailoverPool(ConnectionPool):
         connector: Connector,
         health_checks: bool,
         kwargs: Mapping[str, Any],
+        check: Callable[[Any], None] | None = None,
         **options: Any,
     ) -> None:
         self.connector = connector
-        self.health_checks = health_checks
-        super().__init__(kwargs=dict(kwargs), **options)
+        self._user_check = check  # Django 6.1 lets OPTIONS["pool"] give one
+        # With CONN_HEALTH_CHECKS, psycopg_pool runs the check at every checkout,
+        # as with Django's pool; ours also refuses a server that changed role.
+        if health_checks:
+            check = self._health_check
+        super().__init__(kwargs=dict(kwargs), check=check, **options)
         self.connection_class = _Opener(self)  # type: ignore[assignment]
 
     # -- opening connections (in the pool's worker threads) ----------------------------
@@ -102,27 +107,32 @@ class FailoverPool(ConnectionPool):
                         f"couldn't get a connection after {now - started:.2f} sec"
                     ) from None
                 continue
-            failure = self._checkout_failure(connection)
+            # Without health checks, a look at the socket (no round trip).
+            failure = idle_connection_failure(self.connector.driver, connection)
             if failure is None:
                 return connection
             self._replace(connection, failure)
 
-    def _checkout_failure(self, connection: Any) -> BaseException | None:
-        driver = self.connector.driver
-        failure = idle_connection_failure(driver, connection)
-        if failure is not None or not self.health_checks:
-            return failure
-        try:
-            connection.execute("")  # psycopg_pool's check_connection
-        except driver.module.Error as exc:
-            return exc
-        # The round trip brought the server's settings up to date.
-        role = server_role(driver, connection)
-        if role is not None and not suits(role, self.connector.target_session_attrs):
-            return driver.operational_error(f"the server is now a {role.value}")
-        return None
+    def _health_check(self, connection: Any) -> None:
+        """psycopg_pool's check_connection, and the server's role judged anew.
 
-    def _replace(self, connection: Any, failure: BaseException) -> None:
+        A connection that fails is closed here, with its idle siblings, so that
+        psycopg_pool discards it (and hands out the next at once).
+        """
+        driver = self.connector.driver
+        try:
+            self.check_connection(connection)  # one round trip
+            # The round trip brought the server's settings up to date.
+            role = server_role(driver, connection)
+            if role is not None and not suits(role, self.connector.target_session_attrs):
+                raise driver.operational_error(f"the server is now a {role.value}")
+            if self._user_check is not None:
+                self._user_check(connection)
+        except Exception as failure:
+            self._replace(connection, failure, give_back=False)
+            raise
+
+    def _replace(self, connection: Any, failure: BaseException, give_back: bool = True) -> None:
         """A checked-out connection failed its check: drop it and its idle siblings."""
         connector = self.connector
         driver = connector.driver
@@ -130,7 +140,8 @@ class FailoverPool(ConnectionPool):
         server = next((h for h in connector.hosts if (h.host, h.port) == (host, port)), None)
         role = None if driver.is_closed(connection) else server_role(driver, connection)
         driver.close_quietly(connection)
-        self.putconn(connection)  # closed: discarded and replaced
+        if give_back:
+            self.putconn(connection)  # closed: discarded and replaced
         self.drain()
         if server is not None:
             if role is None:

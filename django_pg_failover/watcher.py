@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -38,7 +38,7 @@ from .status import host_status
 from .targets import Role, role_from, suits
 
 if TYPE_CHECKING:
-    from .connect import Connector
+    from .connect import Connector, HostFailure
 
 logger = logging.getLogger("django_pg_failover")
 
@@ -72,6 +72,13 @@ class Watcher:
         self.searching = True
         #: A thread of the process is walking the host list past its first host.
         self._leading = False
+        #: Why each host failed last, as any thread (or the watcher) found: the
+        #: error a waiting thread raises names every host, whoever tried it.
+        self.failures: dict[Host, HostFailure] = {}
+
+    def record_failures(self, failures: Iterable[HostFailure]) -> None:
+        for failure in failures:
+            self.failures[failure.host] = failure
 
     # -- threads that walk the list ------------------------------------------------
 
@@ -214,6 +221,7 @@ class Watcher:
             watch.role = result
         else:  # a HostFailure
             watch.role = None
+            self.failures[watch.host] = result
             self._back_off(watch)
 
     def _back_off(self, watch: _HostWatch) -> None:
@@ -241,6 +249,13 @@ def active_watcher(connector: Connector, params: Mapping[str, Any]) -> Watcher |
     if watcher is not None and watcher._thread is not None and watcher.searching:
         return watcher
     return None
+
+
+def forget_failures(connector: Connector, params: Mapping[str, Any]) -> None:
+    """A connection was made: the failures remembered for the error message are past."""
+    watcher = _watchers.get(watcher_key(connector, params))
+    if watcher is not None:
+        watcher.failures.clear()
 
 
 def watcher_key(connector: Connector, params: Mapping[str, Any]) -> tuple:

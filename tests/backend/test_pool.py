@@ -283,6 +283,7 @@ def test_psycopg2_refuses_a_pool_with_one_clear_error(cluster: Cluster, make_ali
     with pytest.raises(ImproperlyConfigured) as excinfo:
         in_request(lambda: create(alias))
     assert str(excinfo.value) == (
-        f"DATABASES['{alias}']['OPTIONS']['pool']: Django's connection pool needs psycopg 3, "
-        "and Django uses psycopg2 here: pip install 'django-pg-failover[psycopg]'"
+        f"DATABASES['{alias}']['OPTIONS']['pool']: Database pooling requires psycopg >= 3 "
+        "(Django's connection pool), and Django uses psycopg2 here: "
+        "pip install 'django-pg-failover[psycopg]'"
     )

@@ -31,7 +31,8 @@ from django_pg_failover.policy import FailoverPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 # In no other part of any URL below.
-PASSWORD = "Zq7-hunter-9w"
+# Nothing of it (no run of 4 characters) in any key or message of the backend.
+PASSWORD = "Zq7-xqjv-9wk"
 FAILOVER_KEYS = [field.name for field in dataclasses.fields(FailoverPolicy)]
 URL_PARAMS = ("host", "port", "dbname", "user", "password")
 

@@ -1,9 +1,9 @@
-"""Tests of Django's own suite that this backend fails and Django's backend passes.
+"""Tests of Django's own suite this backend once failed where Django's backend passed.
 
-Found by the conformance run (``make conformance``, issue 13); each repeats,
-on this backend alone, what the test of Django 5.2's
-``tests/backends/postgresql/tests.py`` named in its docstring checks. They
-are strict xfails: once the backend passes, they fail until the marker goes.
+Found by the conformance run (``make conformance``, issue 13) and fixed; each
+repeats, on this backend alone, what the test of Django 5.2's
+``tests/backends/postgresql/tests.py`` named in its docstring checks, so that
+``make test`` keeps them fixed.
 """
 
 from __future__ import annotations
@@ -17,10 +17,6 @@ from django.db import connection
 from django_pg_failover.drivers import get_driver
 from tests.markers import needs_pool
 
-DIFFERS = pytest.mark.xfail(
-    strict=True, reason="differs from Django's backend: see docs/conformance.rst"
-)
-
 
 def pooled_copy(**settings):
     """Django's ``no_pool_connection(alias="default_pool")``, with a pool and ``settings``."""
@@ -31,7 +27,6 @@ def pooled_copy(**settings):
     return new_connection
 
 
-@DIFFERS
 @needs_pool
 def test_pooling_health_checks() -> None:
     """Tests.test_pooling_health_checks: CONN_HEALTH_CHECKS gives the pool a check."""
@@ -47,7 +42,6 @@ def test_pooling_health_checks() -> None:
         new_connection.close_pool()
 
 
-@DIFFERS
 @needs_pool
 def test_pooling_not_support_persistent_connections() -> None:
     """Tests.test_pooling_not_support_persistent_connections: Django's message."""
@@ -57,7 +51,6 @@ def test_pooling_not_support_persistent_connections() -> None:
     assert "Pooling doesn't support persistent connections." in str(raised.value)
 
 
-@DIFFERS
 @pytest.mark.skipif(get_driver().name != "psycopg2", reason="psycopg2 specific test")
 def test_connect_pool_setting_ignored_for_psycopg2() -> None:
     """Tests.test_connect_pool_setting_ignored_for_psycopg2: Django's message."""

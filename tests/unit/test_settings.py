@@ -287,8 +287,8 @@ def test_a_pool_with_persistent_connections_is_reported() -> None:
     db = {"ENGINE": "django_pg_failover", "NAME": "app", "HOST": "db1", "CONN_MAX_AGE": 60}
     problems = database_problems({"orders": {**db, "OPTIONS": {"pool": True}}})
     assert [p.msg for p in problems] == [
-        "DATABASES['orders']['CONN_MAX_AGE']: must be 0 with a connection pool (Django: "
-        '"Pooling doesn\'t support persistent connections")'
+        "DATABASES['orders']['CONN_MAX_AGE']: Pooling doesn't support persistent connections. "
+        "Set it to 0 to use OPTIONS['pool']."
     ]
 
 
@@ -310,6 +310,7 @@ def test_a_pool_on_psycopg2_is_reported() -> None:
     db = {"ENGINE": "django_pg_failover", "NAME": "app", "HOST": "db1"}
     problems = database_problems({"orders": {**db, "OPTIONS": {"pool": True}}})
     assert [p.msg for p in problems] == [
-        "DATABASES['orders']['OPTIONS']['pool']: Django's connection pool needs psycopg 3, "
-        "and Django uses psycopg2 here: pip install 'django-pg-failover[psycopg]'"
+        "DATABASES['orders']['OPTIONS']['pool']: Database pooling requires psycopg >= 3 "
+        "(Django's connection pool), and Django uses psycopg2 here: "
+        "pip install 'django-pg-failover[psycopg]'"
     ]
