@@ -174,14 +174,16 @@ class Connector:
     def probe(self, host: Host, params: Mapping[str, Any]) -> str | None:
         """Does ``host`` still take connections? None when it does, else why not.
 
-        A server that answers with a refusal (this alias's credentials) is alive.
+        A server that answers at all is alive: with a refusal of this alias's
+        credentials, or "too many clients", "shutting down" (a server shutting
+        down ends its sessions itself).
         """
         params = {k: v for k, v in params.items() if k not in _WALK_KEYWORDS}
         result = self.attempt(host, params)
         if isinstance(result, Landing):
             self.driver.close_quietly(result.connection)
             return None
-        return None if result.final else result.reason
+        return result.reason if result.verdict is Verdict.UNREACHABLE else None
 
     def close_when_done(self, future: Future) -> None:
         """An attempt that lost the race: close its connection once it has one."""
@@ -243,7 +245,8 @@ class Connector:
                     overtaken.update(in_flight.values())
                     start_next()
                     continue
-                for future in done:
+                # Attempts that ended together: the preferred host first.
+                for future in sorted(done, key=lambda f: hosts.index(in_flight[f])):
                     host = in_flight.pop(future)
                     result = future.result()
                     if isinstance(result, HostFailure):
@@ -301,6 +304,7 @@ class Connector:
         searching = active_watcher(self, params)
         if searching is not None:
             # A failover is under way: no use trying before the watcher finds a server.
+            logger.debug("database alias %r: waiting for the search under way", self.alias)
             searching.wait(_until(deadline))
         while True:
             passes += 1
@@ -411,8 +415,9 @@ class Connector:
 
     def _report_connected(self, landing: Landing) -> None:
         role = landing.role.value if landing.role else None
+        waited = landing.passes > 1 or landing.elapsed > self.attempt_delay
         logger.log(
-            logging.INFO if landing.passes > 1 else logging.DEBUG,
+            logging.INFO if waited else logging.DEBUG,
             "database alias %r: connected to %s (%s) after %d attempt(s) in %.2fs",
             self.alias,
             landing.host,

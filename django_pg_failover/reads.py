@@ -166,7 +166,11 @@ class ReadRetryMixin:
         db = self.db
         db.ensure_connection()
         connection = db.connection
-        refusal = confirm_read(connection, statement)
+        try:
+            with db.wrap_database_errors:
+                refusal = confirm_read(connection, statement)
+        except DatabaseError:  # the new connection failed too
+            raise lost from lost.__cause__  # the first loss stands, with its cause
         if refusal is not None:
             logger.warning(
                 "database alias %r: a read lost with its connection is not re-run: %s",
@@ -188,13 +192,13 @@ class ReadRetryMixin:
                 logger.warning(
                     "database alias %r: the re-run tried to write (%s): refused", db.alias, exc
                 )
-                raise lost from None
+                raise lost from lost.__cause__
             raise
         _control(db, "COMMIT")
         return result
 
     def executemany(self, sql: Any, param_list: Any) -> Any:
-        if classify(sql).kind is not Kind.WRITE:
+        if classify(sql).kind is Kind.OTHER:
             self.db.reads.session_changed = True
         return super().executemany(sql, param_list)
 

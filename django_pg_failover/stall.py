@@ -126,18 +126,27 @@ class StallWatch:
                 self._thread.start()
 
     def _watch(self) -> None:
+        try:
+            self._watch_calls()
+        finally:
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None  # the next call starts a new watchdog
+
+    def _watch_calls(self) -> None:
         idle_since = time.monotonic()
         while True:
             with self._lock:
                 now = time.monotonic()
-                waiting = [c for c in self._calls.values() if not c.checking]
+                # list() copies in one step: enter() adds calls without the lock.
+                calls = list(self._calls.values())
+                waiting = [c for c in calls if not c.checking]
                 due = [c for c in waiting if c.due <= now]
                 for call in due:
                     call.checking = True
-                if self._calls:
+                if calls:
                     idle_since = now
                 elif now - idle_since > _IDLE_EXIT:
-                    self._thread = None  # the next call starts a new watchdog
                     return
                 if not due:
                     next_due = min((c.due for c in waiting), default=now + _TICK)

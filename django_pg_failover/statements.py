@@ -9,9 +9,12 @@ It only sorts statements for :mod:`.reads`:
   Such a statement *may* be re-run after a lost connection, once the new
   session has confirmed what the text cannot show (:func:`.reads.confirm_read`)
   and only inside a read-only transaction;
-- ``WRITE``: one ``INSERT``/``UPDATE``/``DELETE``/``MERGE`` into a relation
-  outside the system catalogs, calling only such built-ins: what the ORM sends;
-  it leaves nothing in the session a new one would lack;
+- ``PLAIN``: what runs once and leaves nothing in the session a new one would
+  lack: one ``INSERT``/``UPDATE``/``DELETE``/``MERGE`` into a relation outside
+  the system catalogs (what the ORM sends), transaction control (``BEGIN``,
+  ``SAVEPOINT``, ``COMMIT``...: gone with the transaction), a ``SELECT`` that
+  locks rows (``select_for_update()``), reads the catalogs, or has CTEs, and
+  ``EXPLAIN``. Never re-run;
 - ``OTHER``: everything else (``SET``, ``set_config()``, a write to
   ``pg_settings``, DDL, ``LISTEN``, two statements, a function of your own,
   text the scanner cannot read). It may have changed the session: read retry
@@ -33,7 +36,7 @@ _CACHE_SIZE = 4096
 
 class Kind(enum.Enum):
     READ = "read"
-    WRITE = "write"
+    PLAIN = "plain"
     OTHER = "other"
 
 
@@ -47,12 +50,13 @@ class Statement:
 
 
 OTHER = Statement(Kind.OTHER)
+PLAIN = Statement(Kind.PLAIN)
 
 # SQL constructs written like calls (not functions in pg_proc).
 SQL_CONSTRUCTS = frozenset(
     """
     cast row array exists in any all some values over filter grouping coalesce nullif
-    greatest least
+    greatest least trim
     """.split()
 )
 # Built-ins that neither write nor change the session, and those constructs.
@@ -97,6 +101,7 @@ _JOIN_WORDS = frozenset(
     """.split()
 )
 _WRITE_KEYWORDS = frozenset({"insert", "update", "delete", "merge"})
+_TRANSACTION_CONTROL = frozenset("begin start commit end rollback abort savepoint release".split())
 _CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 
 _TOKEN = re.compile(
@@ -322,27 +327,36 @@ def _classify(sql: str) -> Statement:
     if not tokens or any(token.text == ";" for token in tokens):
         return OTHER  # nothing, or more than one statement
     first = tokens[0].word
+    if first in _TRANSACTION_CONTROL:
+        return PLAIN  # gone with its transaction (an open one stops read retry anyway)
     calls = _calls(tokens)
     if not _harmless(calls):
         return OTHER
     words = {token.word for token in tokens if token.word}
-    functions = tuple(dict.fromkeys(p[-1] for _, p in calls if p[-1] not in SQL_CONSTRUCTS))
     if first == "select":
-        if "into" in words or _locks_rows(tokens) or words & _WRITE_KEYWORDS:
+        if "into" in words:
+            return OTHER  # SELECT INTO creates a table
+        if _locks_rows(tokens):
+            return PLAIN  # row locks end with the transaction; never re-run
+        if words & _WRITE_KEYWORDS:
             return OTHER
         try:
             relations = _relations(tokens)
         except _Unreadable:
             return OTHER
-        for relation in relations:
-            if _is_catalog(relation.lower().replace('"', "").split(".")):
-                return OTHER  # pg_settings and friends are views over the session
+        if any(_is_catalog(r.lower().replace('"', "").split(".")) for r in relations):
+            return PLAIN  # the catalogs and pg_settings: read, but never re-run
+        functions = tuple(dict.fromkeys(p[-1] for _, p in calls if p[-1] not in SQL_CONSTRUCTS))
         return Statement(Kind.READ, tuple(relations), functions)
     if first in _WRITE_KEYWORDS:
         target = _write_target(tokens)
         if target is None or _is_catalog(target):
-            return OTHER
-        return Statement(Kind.WRITE, (), functions)
+            return OTHER  # UPDATE pg_settings sets the session's settings
+        return PLAIN
+    if first == "with" and not words & _WRITE_KEYWORDS:
+        return PLAIN  # a query with CTEs: a CTE's name reads like a relation; not re-run
+    if first == "explain" and "analyze" not in words:
+        return PLAIN
     return OTHER
 
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from .background import workers
 from .hosts import Host
 from .status import host_status
-from .targets import Role, role_from, suits
+from .targets import Role, accepts_fallback, role_from, suits
 
 if TYPE_CHECKING:
     from .connect import Connector, HostFailure
@@ -159,6 +159,7 @@ class Watcher:
             with self._condition:
                 self._thread = None
                 if self._waiters:  # arrived while it was stopping: start again
+                    self.searching = True
                     self._thread = threading.Thread(
                         target=self._run, name="pg-failover-watcher", daemon=True
                     )
@@ -193,6 +194,8 @@ class Watcher:
             if watch.role is not None and suits(watch.role, target):
                 host_status.record_role(watch.host, watch.role, connector.policy.host_recheck)
                 return watch
+        if accepts_fallback(target):  # prefer-standby: no standby, but a server answers
+            return next((watch for watch in hosts if watch.role is not None), None)
         return None
 
     def _ask(self, watch: _HostWatch) -> Role | None:

@@ -71,6 +71,7 @@ def main() -> int:
     parser.add_argument("--failovers", type=int, default=5)
     parser.add_argument("--frozen-seconds", type=float, default=60.0)
     parser.add_argument("--stampede", type=int, default=200)
+    parser.add_argument("--outage", type=float, default=3.0)
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v]
 
@@ -85,6 +86,7 @@ def main() -> int:
             "--failovers", str(args.failovers),
             "--frozen-seconds", str(args.frozen_seconds),
             "--stampede", str(args.stampede),
+            "--outage", str(args.outage),
         ]  # fmt: skip
         for variant in variants:
             print(f"{variant}:", flush=True)

@@ -43,31 +43,40 @@ def test_reads_name_their_relations_and_functions() -> None:
     assert statement.functions == ("count", "lower", "extract")
 
 
-WRITES = [
+PLAINS = [
     'INSERT INTO "shop_order" ("key", "amount", "created_at") VALUES (%s, %s, %s) '
     'RETURNING "shop_order"."id"',
     'UPDATE "shop_account" SET "balance" = ("shop_account"."balance" + %s) '
     'WHERE "shop_account"."id" = %s',
     'DELETE FROM "shop_order" WHERE "shop_order"."id" IN (%s, %s)',
     "UPDATE ONLY shop_order SET key = lower(key)",
-]
-
-
-@pytest.mark.parametrize("sql", WRITES)
-def test_plain_writes_leave_the_session_unchanged(sql) -> None:
-    assert classify(sql).kind is Kind.WRITE
-
-
-OTHERS = [
-    # Locking, creating, two statements, a write hidden in a CTE.
+    # Gone with the transaction, or read-only: never re-run, but the session keeps nothing.
+    'SAVEPOINT "s140_x1"',
+    'RELEASE SAVEPOINT "s140_x1"',
+    'ROLLBACK TO SAVEPOINT "s140_x1"',
+    "BEGIN",
+    "COMMIT",
     "SELECT * FROM shop_order FOR UPDATE",
     "SELECT * FROM shop_order FOR NO KEY UPDATE SKIP LOCKED",
     "SELECT * FROM shop_order FOR SHARE",
     "select * from shop_order for key share",
+    "WITH x AS (SELECT 1) SELECT * FROM x",
+    "SELECT * FROM pg_settings",
+    "SELECT count(*) FROM pg_stat_activity",
+    "EXPLAIN SELECT 1",
+]
+
+
+@pytest.mark.parametrize("sql", PLAINS)
+def test_plain_statements_leave_the_session_unchanged(sql) -> None:
+    assert classify(sql).kind is Kind.PLAIN
+
+
+OTHERS = [
+    # Creating, two statements, a write hidden in a CTE.
     "SELECT * INTO backup FROM shop_order",
     "SELECT 1; DELETE FROM shop_order",
     "WITH gone AS (DELETE FROM shop_order RETURNING *) SELECT * FROM gone",
-    "WITH x AS (SELECT 1) SELECT * FROM x",
     "EXPLAIN ANALYZE SELECT 1",
     b"SELECT 1",
     None,
@@ -93,7 +102,6 @@ OTHERS = [
     "SELECT query_to_xml(%s, true, false, '')",
     # The session's settings, written through a catalog view.
     "UPDATE pg_settings SET setting = 's1' WHERE name = 'search_path'",
-    "SELECT * FROM pg_settings",
     "UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'y'",
     # Statements that change the session.
     "SET search_path TO tenant_1",
@@ -101,7 +109,6 @@ OTHERS = [
     "CREATE TEMPORARY TABLE scratch (id int)",
     "PREPARE q AS SELECT 1",
     "LISTEN orders",
-    "BEGIN",
     "CALL refresh_totals()",
     "INSERT INTO t VALUES (1); SET search_path TO x",
     "UPDATE t SET x = pg_advisory_lock(1)",
