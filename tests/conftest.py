@@ -7,10 +7,8 @@ in the lab's snapshot) and Django aliases that point at them.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import suppress
 from typing import Any
 
 import pytest
@@ -19,8 +17,8 @@ from django.db import connections
 
 from django_pg_failover.lab import Cluster
 from django_pg_failover.status import host_status
+from tests.aliases import add_alias, remove_alias
 
-_alias_numbers = itertools.count()
 FAST = {"connect_timeout": 2, "failover": {"retry_timeout": 15.0, "backoff_max": 0.25}}
 
 
@@ -52,26 +50,17 @@ def make_alias(cluster: Cluster) -> Iterator[Callable[..., str]]:
     created: list[str] = []
 
     def make(stock: bool = False, lab: Cluster | None = None, **overrides: Any) -> str:
-        # Unique for the session: threads that outlive a test (asgiref's executor)
-        # keep their own connection per alias name.
-        alias = f"lab_{next(_alias_numbers)}"
         options = {**FAST, **overrides.pop("OPTIONS", {})}
         if stock:
             options.pop("failover")
         settings = (lab or cluster).django_database(stock=stock, OPTIONS=options, **overrides)
-        connections.settings[alias] = connections.configure_settings(
-            {"default": {}, alias: settings}
-        )[alias]
+        alias = add_alias(settings)
         created.append(alias)
         return alias
 
     yield make
     for alias in created:
-        with suppress(Exception):
-            connections[alias].close()
-        with suppress(AttributeError):
-            del connections[alias]
-        connections.settings.pop(alias, None)
+        remove_alias(alias)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -191,6 +191,8 @@ class Member:
         if pid is None:
             raise LabError(f"{self.name}'s PostgreSQL is not running")
         os.kill(pid, signal.SIGKILL)
+        # Gone once the supervisor reaped it: until then it still looks alive.
+        wait_for(lambda: self.pg.pid != pid, 10, f"{self.name}'s postmaster to die", 0.005)
         return pid
 
     def freeze(self) -> None:
@@ -729,6 +731,7 @@ class PatroniCluster(Lab):
 
     def set_synchronous(self, on: bool, timeout: float = 30) -> None:
         """Turn Patroni's ``synchronous_mode`` on or off, and wait until it is in force."""
+        self._dirty = True
         status, answer = self._api("PATCH", "/config", {"synchronous_mode": on})
         if status != 200:
             raise LabError(f"PATCH /config answered {status}: {answer}")
