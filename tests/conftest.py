@@ -2,7 +2,8 @@
 
 ``pg_lab`` and ``pg_cluster`` come from the lab's pytest plugin. Here they get
 testproject's tables (migrated once per lab, through this backend, then kept
-in the lab's snapshot) and Django aliases that point at them.
+in the lab's snapshot) and Django aliases that point at them. ``patroni`` and
+``patroni_lab`` do the same for the plugin's Patroni cluster.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
-from django_pg_failover.lab import Cluster
+from django_pg_failover.lab import Cluster, PatroniCluster
 from django_pg_failover.status import host_status
 from tests.aliases import add_alias, remove_alias
 
@@ -61,6 +62,30 @@ def make_alias(cluster: Cluster) -> Iterator[Callable[..., str]]:
     yield make
     for alias in created:
         remove_alias(alias)
+
+
+@pytest.fixture(scope="session")
+def patroni(pg_patroni: PatroniCluster, django_db_blocker) -> PatroniCluster:
+    """The session's Patroni cluster, with the shop tables migrated through this backend."""
+    with django_db_blocker.unblock():
+        alias = add_alias(pg_patroni.django_database(OPTIONS={"connect_timeout": 2}))
+        try:
+            call_command("migrate", database=alias, verbosity=0)
+        finally:
+            remove_alias(alias)
+    return pg_patroni
+
+
+@pytest.fixture
+def patroni_lab(
+    patroni: PatroniCluster, patroni_cluster: PatroniCluster, django_db_blocker
+) -> Iterator[PatroniCluster]:
+    """The Patroni cluster for one test: healthy at the start, database access allowed."""
+    host_status.clear()
+    with django_db_blocker.unblock():
+        yield patroni_cluster
+        connections.close_all()
+    host_status.clear()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

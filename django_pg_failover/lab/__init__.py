@@ -11,7 +11,8 @@ from .cluster import APP_DATABASE, APP_USER, Cluster, FailoverReport, NodeStatus
 from .common import free_port
 from .errors import LabError, LabTimeout
 from .node import Node, State
-from .patroni import LeaderChange, LeaderWatch, Member, PatroniCluster, load_lab
+from .patroni import LeaderChange, LeaderWatch, PatroniCluster, load_lab
+from .patroni_member import Member
 
 __all__ = [
     "APP_DATABASE",

