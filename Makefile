@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# make demo ORCHESTRATOR=patroni: the servers under Patroni and etcd.
+ORCHESTRATOR ?= lab
 
 .PHONY: demo test lint bench venv
 
@@ -25,4 +27,4 @@ bench: venv
 	$(PY) -m tests.benchmarks
 
 demo: venv
-	$(PY) testproject/demo.py
+	$(PY) testproject/demo.py --orchestrator $(ORCHESTRATOR)
