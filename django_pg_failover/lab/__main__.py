@@ -175,6 +175,20 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_patroni(args: argparse.Namespace) -> int:
+    """Find etcd and make Patroni runnable by the server user, before any test needs them."""
+    from .etcd import etcd_version, find_etcd
+    from .patroni_runtime import patroni_python, patroni_version
+    from .system import ServerUser
+
+    etcd = find_etcd()
+    user = ServerUser.resolve()
+    python = patroni_python(user)
+    print(f"etcd {etcd_version(etcd)}: {etcd}")
+    print(f"Patroni {patroni_version()} runs as {user.name!r} with {python}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m django_pg_failover.lab",
@@ -226,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     stop = commands.add_parser("stop", help="stop the lab and delete its files")
     stop.set_defaults(func=cmd_stop)
+
+    prepare = commands.add_parser(
+        "prepare-patroni",
+        help="check for etcd and make Patroni runnable by the server user (once)",
+    )
+    prepare.set_defaults(func=cmd_prepare_patroni)
     return parser
 
 
