@@ -1,13 +1,15 @@
 """Benchmark django_pg_failover against Django's stock PostgreSQL backend on a real lab.
 
-    python -m tests.benchmarks [--rounds 15] [--pg-version 18]
+    python -m tests.benchmarks [--rounds 15] [--pg-version 18] [--no-patroni | --only-patroni]
 
 Both backends run in the same process against the same lab, interleaved
 (the side that runs first alternates every round). Loopback timings here are
 noisy, so times are compared as ratios (ours / stock): for the steady-state
 scenarios, the ratio of each side's best round (as timeit reports) with the
-median and spread of the per-round ratios beside it. Prints a table, then one
-JSON line.
+median and spread of the per-round ratios beside it. The last scenario runs
+both under load on a Patroni cluster whose leader's node is killed, and sets
+each side's recovery next to Patroni's own failover time from the same run.
+Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from django_pg_failover.lab import Cluster, find_install
+from django_pg_failover.lab import Cluster, PatroniCluster, find_install
 
 from . import django_setup
 
@@ -193,6 +195,69 @@ def failover_under_load(cluster: Cluster, threads: int, promote_delay: float) ->
     return result
 
 
+# -- failover under Patroni ----------------------------------------------------------------
+
+
+def patroni_failover_under_load(install, threads: int) -> dict:
+    """Kill the leader's node (agent and PostgreSQL) under load; Patroni picks the new leader.
+
+    Ours keeps trying to connect for Patroni's ttl + loop_wait + a margin, as
+    docs/patroni.rst says to set it; synchronous_mode is on, as it also says.
+    """
+    from django.core.management import call_command
+    from django.db import connections
+
+    with PatroniCluster.create(install=install, synchronous=True) as cluster:
+        retry_timeout = cluster.ttl + cluster.loop_wait + 9
+        options = {"connect_timeout": django_setup.CONNECT_TIMEOUT}
+        django_setup.set_alias(
+            "ours",
+            cluster.django_database(
+                OPTIONS={**options, "failover": {"retry_timeout": retry_timeout}}
+            ),
+        )
+        django_setup.set_alias("stock", cluster.django_database(stock=True, OPTIONS=options))
+        call_command("migrate", database="ours", verbosity=0)
+        connections.close_all()
+        loads = {side: Load(side) for side in SIDES}
+        stop = threading.Event()
+        workers = [
+            threading.Thread(target=loads[side].worker, args=(stop,))
+            for side in SIDES
+            for _ in range(threads)
+        ]
+        with cluster.watch() as watch:
+            for worker in workers:
+                worker.start()
+            time.sleep(1.0)  # steady traffic first
+            old = cluster.kill_node()
+            killed = time.monotonic()
+            cluster.wait_leader(other_than=old, timeout=cluster.ttl * 3)
+            time.sleep(2.0)
+            stop.set()
+            for worker in workers:
+                worker.join(90)
+        change = watch.new_leader_after(killed, old.name)
+        connections.close_all()
+
+    new_leader = change.writable
+    result: dict = {"patroni_failover_s": new_leader - killed}
+    for side, load in loads.items():
+        writes = [u.write_done for u in load.units if u.write_done and u.write_done >= new_leader]
+        first = (min(writes) - new_leader) if writes else None
+        result[side] = {
+            "units": len(load.units),
+            "failed_after_kill": sum(not u.ok for u in load.units if u.started >= killed),
+            "failed_in_flight": sum(not u.ok for u in load.units if u.started < killed < u.ended),
+            "first_write_after_new_leader_s": first,
+            # Kill to first write, as a multiple of Patroni's own failover time.
+            "recovery_over_patroni": (
+                (first + new_leader - killed) / (new_leader - killed) if writes else None
+            ),
+        }
+    return result
+
+
 # -- memory ------------------------------------------------------------------------------
 
 
@@ -228,6 +293,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--pg-version", type=int)
     parser.add_argument("--threads", type=int, default=4)
+    patroni = parser.add_mutually_exclusive_group()
+    patroni.add_argument("--no-patroni", action="store_true", help="skip the Patroni scenario")
+    patroni.add_argument(
+        "--only-patroni", action="store_true", help="run the Patroni scenario only"
+    )
     parser.add_argument("--rss-probe", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--lab", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -236,6 +306,9 @@ def main() -> int:
         return 0
 
     install = find_install(args.pg_version)
+    if args.only_patroni:
+        return patroni_only(install, args.threads)
+    steps = 5 if args.no_patroni else 6
     print(f"PostgreSQL {install.major} ({install.source}); building the lab...", flush=True)
     with Cluster.create(install=install) as cluster:
         django_setup.configure(
@@ -252,21 +325,27 @@ def main() -> int:
         connections.close_all()
         cluster.snapshot()  # restarts the servers; reset() comes back to this state
 
-        print("1/5 ORM get() x2000 ...", flush=True)
+        print(f"1/{steps} ORM get() x2000 ...", flush=True)
         queries = summarise(time_rounds({s: orm_queries(s, pk, 2000) for s in SIDES}, args.rounds))
-        print("2/5 connect + query + close x100 ...", flush=True)
+        print(f"2/{steps} connect + query + close x100 ...", flush=True)
         connect = summarise(time_rounds({s: connects(s, 100) for s in SIDES}, args.rounds))
-        print("3/5 hung first host, 20 new connections ...", flush=True)
+        print(f"3/{steps} hung first host, 20 new connections ...", flush=True)
         hung = hung_first_host(cluster, 20)
-        print("4/5 failover under load ...", flush=True)
+        print(f"4/{steps} failover under load ...", flush=True)
         cluster.reset()
         failover = failover_under_load(cluster, args.threads, promote_delay=1.0)
         cluster.reset()
-        print("5/5 peak RSS ...", flush=True)
+        print(f"5/{steps} peak RSS ...", flush=True)
         rss = {side: peak_rss(side, cluster) for side in SIDES}
     rss["ratio"] = rss["ours"] / rss["stock"]
+    patroni = None
+    if not args.no_patroni:
+        print(f"6/{steps} Patroni: the leader's node killed under load ...", flush=True)
+        patroni = patroni_failover_under_load(install, args.threads)
 
     print_table(queries, connect, hung, failover, rss)
+    if patroni:
+        print_patroni(patroni)
     print(
         json.dumps(
             {
@@ -275,11 +354,42 @@ def main() -> int:
                 "hung_first_host_ratio": round(hung["ratio"], 3),
                 "peak_rss_ratio": round(rss["ratio"], 3),
                 "failover": failover,
+                "patroni_failover": patroni,
                 "postgresql": install.major,
             }
         )
     )
     return 0
+
+
+def patroni_only(install, threads: int) -> int:
+    print(f"PostgreSQL {install.major} ({install.source}); Patroni, etcd...", flush=True)
+    django_setup.configure({"ours": {}, "stock": {}})
+    patroni = patroni_failover_under_load(install, threads)
+    print_patroni(patroni)
+    print(json.dumps({"patroni_failover": patroni, "postgresql": install.major}))
+    return 0
+
+
+def print_patroni(result: dict) -> None:
+    def row(name: str, stock: str, ours: str) -> None:
+        print(f"{name:<52}{stock:>12}{ours:>12}")
+
+    def value(v: object) -> str:
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    took = result["patroni_failover_s"]
+    print(f"Patroni: the leader's node killed (Patroni's own failover took {took:.2f}s)")
+    row("", "stock", "ours")
+    for key, label in (
+        ("units", "  units run"),
+        ("failed_after_kill", "  failed, started after the kill"),
+        ("failed_in_flight", "  failed, in flight at the kill"),
+        ("first_write_after_new_leader_s", "  new leader takes writes -> first write (s)"),
+        ("recovery_over_patroni", "  kill -> first write, / Patroni's failover time"),
+    ):
+        row(label, *(value(result[side][key]) for side in SIDES))
+    print()
 
 
 def print_table(queries, connect, hung, failover, rss) -> None:
