@@ -198,17 +198,18 @@ def failover_under_load(cluster: Cluster, threads: int, promote_delay: float) ->
 # -- failover under Patroni ----------------------------------------------------------------
 
 
-def patroni_failover_under_load(install, threads: int) -> dict:
+def patroni_failover_under_load(install, threads: int, retry_timeout: float | None) -> dict:
     """Kill the leader's node (agent and PostgreSQL) under load; Patroni picks the new leader.
 
-    Ours keeps trying to connect for Patroni's ttl + loop_wait + a margin, as
-    docs/patroni.rst says to set it; synchronous_mode is on, as it also says.
+    Ours keeps trying to connect for Patroni's ttl + loop_wait + a margin (by
+    default), as docs/patroni.rst says to set it; synchronous_mode is on, as
+    it also says.
     """
     from django.core.management import call_command
     from django.db import connections
 
     with PatroniCluster.create(install=install, synchronous=True) as cluster:
-        retry_timeout = cluster.ttl + cluster.loop_wait + 9
+        retry_timeout = retry_timeout or cluster.ttl + cluster.loop_wait + 9
         options = {"connect_timeout": django_setup.CONNECT_TIMEOUT}
         django_setup.set_alias(
             "ours",
@@ -241,7 +242,7 @@ def patroni_failover_under_load(install, threads: int) -> dict:
         connections.close_all()
 
     new_leader = change.writable
-    result: dict = {"patroni_failover_s": new_leader - killed}
+    result: dict = {"patroni_failover_s": new_leader - killed, "retry_timeout": retry_timeout}
     for side, load in loads.items():
         writes = [u.write_done for u in load.units if u.write_done and u.write_done >= new_leader]
         first = (min(writes) - new_leader) if writes else None
@@ -298,6 +299,11 @@ def main() -> int:
     patroni.add_argument(
         "--only-patroni", action="store_true", help="run the Patroni scenario only"
     )
+    parser.add_argument(
+        "--patroni-retry-timeout",
+        type=float,
+        help="ours' retry_timeout on Patroni (default: ttl + loop_wait + 9 s)",
+    )
     parser.add_argument("--rss-probe", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--lab", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -307,7 +313,7 @@ def main() -> int:
 
     install = find_install(args.pg_version)
     if args.only_patroni:
-        return patroni_only(install, args.threads)
+        return patroni_only(install, args.threads, args.patroni_retry_timeout)
     steps = 5 if args.no_patroni else 6
     print(f"PostgreSQL {install.major} ({install.source}); building the lab...", flush=True)
     with Cluster.create(install=install) as cluster:
@@ -341,7 +347,7 @@ def main() -> int:
     patroni = None
     if not args.no_patroni:
         print(f"6/{steps} Patroni: the leader's node killed under load ...", flush=True)
-        patroni = patroni_failover_under_load(install, args.threads)
+        patroni = patroni_failover_under_load(install, args.threads, args.patroni_retry_timeout)
 
     print_table(queries, connect, hung, failover, rss)
     if patroni:
@@ -362,10 +368,10 @@ def main() -> int:
     return 0
 
 
-def patroni_only(install, threads: int) -> int:
+def patroni_only(install, threads: int, retry_timeout: float | None) -> int:
     print(f"PostgreSQL {install.major} ({install.source}); Patroni, etcd...", flush=True)
     django_setup.configure({"ours": {}, "stock": {}})
-    patroni = patroni_failover_under_load(install, threads)
+    patroni = patroni_failover_under_load(install, threads, retry_timeout)
     print_patroni(patroni)
     print(json.dumps({"patroni_failover": patroni, "postgresql": install.major}))
     return 0
@@ -378,8 +384,11 @@ def print_patroni(result: dict) -> None:
     def value(v: object) -> str:
         return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    took = result["patroni_failover_s"]
-    print(f"Patroni: the leader's node killed (Patroni's own failover took {took:.2f}s)")
+    took, retry = result["patroni_failover_s"], result["retry_timeout"]
+    print(
+        f"Patroni: the leader's node killed (Patroni's own failover took {took:.2f}s; "
+        f"ours with retry_timeout {retry:g}s)"
+    )
     row("", "stock", "ours")
     for key, label in (
         ("units", "  units run"),
