@@ -14,16 +14,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.timeout(150)
-def test_demo_end_to_end() -> None:
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "testproject/demo.py", "--seconds", "9"],
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "testproject/demo.py", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         env={k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
     )
+
+
+@pytest.mark.timeout(150)
+def test_demo_end_to_end() -> None:
+    started = time.monotonic()
+    result = run_demo("--seconds", "9")
     elapsed = time.monotonic() - started
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
@@ -45,13 +49,7 @@ def test_demo_end_to_end() -> None:
 @pytest.mark.timeout(300)
 def test_demo_on_patroni() -> None:
     """``make demo ORCHESTRATOR=patroni``: Patroni alone fails over, ours fails nothing after."""
-    result = subprocess.run(
-        [sys.executable, "testproject/demo.py", "--orchestrator", "patroni"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
-    )
+    result = run_demo("--orchestrator", "patroni")
     out = result.stdout
     print(out)
     assert result.returncode == 0, out + result.stderr

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .common import LOOPBACK, free_port
 from .errors import LabError
-from .system import ServerUser, cmdline, process_state, reap, spawn, wait_for
+from .system import ServerUser, cmdline, log_tail, process_state, reap, spawn, wait_for
 
 ETCD_ENV = "PG_FAILOVER_ETCD"
 
@@ -171,10 +171,7 @@ class Etcd:
             return False
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def stop(self) -> None:
         """Kill etcd: its data is the lab's, and goes away with it."""

@@ -17,6 +17,7 @@ from .system import (
     ServerUser,
     children_of,
     kill_tree,
+    log_tail,
     process_state,
     reap,
     remove_shared_memory,
@@ -151,10 +152,7 @@ class Node:
         return True
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def _wait_exit(self, timeout: float) -> None:
         if self._proc is not None:

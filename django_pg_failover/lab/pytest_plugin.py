@@ -114,6 +114,28 @@ def _close_django_connections() -> None:
             django_db.connections.close_all()
 
 
+def _for_the_session(create: Callable[[], Any]) -> Iterator[Any]:
+    """Build a lab, yield it, and close it whatever happens (SIGTERM included)."""
+    _interrupt_on_sigterm()
+    lab = create()
+    try:
+        yield lab
+    finally:
+        _close_django_connections()
+        lab.close()
+
+
+def _for_one_test(lab: Any) -> Iterator[Any]:
+    """Yield the lab healthy, and heal it after a test that changed it."""
+    if lab.dirty:
+        _close_django_connections()
+        lab.reset()
+    yield lab
+    if lab.dirty:
+        _close_django_connections()
+        lab.reset()
+
+
 @pytest.fixture(scope="session")
 def pg_lab(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     from .cluster import Cluster
@@ -122,24 +144,12 @@ def pg_lab(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     install = getattr(request, "param", None)
     if isinstance(install, str):
         raise LabError(install)
-    _interrupt_on_sigterm()
-    cluster = Cluster.create(install=install)
-    try:
-        yield cluster
-    finally:
-        _close_django_connections()
-        cluster.close()
+    yield from _for_the_session(lambda: Cluster.create(install=install))
 
 
 @pytest.fixture
 def pg_cluster(pg_lab: Cluster) -> Iterator[Cluster]:
-    if pg_lab.dirty:
-        pg_lab.reset()
-        _close_django_connections()
-    yield pg_lab
-    if pg_lab.dirty:
-        _close_django_connections()
-        pg_lab.reset()
+    yield from _for_one_test(pg_lab)
 
 
 @pytest.fixture
@@ -178,21 +188,9 @@ def pg_patroni(request: pytest.FixtureRequest) -> Iterator[PatroniCluster]:
     installs = _installs(request.config)
     if isinstance(installs, str):
         raise LabError(installs)
-    _interrupt_on_sigterm()
-    cluster = PatroniCluster.create(install=installs[0])
-    try:
-        yield cluster
-    finally:
-        _close_django_connections()
-        cluster.close()
+    yield from _for_the_session(lambda: PatroniCluster.create(install=installs[0]))
 
 
 @pytest.fixture
 def patroni_cluster(pg_patroni: PatroniCluster) -> Iterator[PatroniCluster]:
-    if pg_patroni.dirty:
-        _close_django_connections()
-        pg_patroni.reset()
-    yield pg_patroni
-    if pg_patroni.dirty:
-        _close_django_connections()
-        pg_patroni.reset()
+    yield from _for_one_test(pg_patroni)

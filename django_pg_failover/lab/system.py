@@ -36,6 +36,14 @@ _PR_SET_CHILD_SUBREAPER = 36
 _IPC_RMID = 0
 
 
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a server's log, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
 def wait_for(
     probe: Callable[[], T | None],
     timeout: float,

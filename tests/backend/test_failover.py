@@ -6,13 +6,10 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
-from django.core.signals import request_finished, request_started
 from django.db import (
     Error,
     InterfaceError,
@@ -26,17 +23,9 @@ from django_pg_failover.hosts import Host
 from django_pg_failover.lab import Cluster
 from django_pg_failover.status import HostState, host_status
 from shop.models import Order
+from tests.load import in_request
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def in_request(work: Callable[[], Any]) -> Any:
-    """Run ``work`` the way Django's handler runs a view: between the request signals."""
-    request_started.send(sender=None)
-    try:
-        return work()
-    finally:
-        request_finished.send(sender=None)
 
 
 def create(alias: str, key: str | None = None) -> str:

@@ -157,9 +157,8 @@ class Load:
             time.sleep(0.01)  # think time, the same for both sides
 
 
-def failover_under_load(cluster: Cluster, threads: int, promote_delay: float) -> dict:
-    django_setup.set_alias("ours", django_setup.ours(cluster))
-    django_setup.set_alias("stock", django_setup.stock(cluster))
+def start_load(threads: int) -> tuple[dict[str, Load], threading.Event, list[threading.Thread]]:
+    """``threads`` workers per side, started."""
     loads = {side: Load(side) for side in SIDES}
     stop = threading.Event()
     workers = [
@@ -169,6 +168,13 @@ def failover_under_load(cluster: Cluster, threads: int, promote_delay: float) ->
     ]
     for worker in workers:
         worker.start()
+    return loads, stop, workers
+
+
+def failover_under_load(cluster: Cluster, threads: int, promote_delay: float) -> dict:
+    django_setup.set_alias("ours", django_setup.ours(cluster))
+    django_setup.set_alias("stock", django_setup.stock(cluster))
+    loads, stop, workers = start_load(threads)
     time.sleep(1.0)
     cluster.crash(cluster.primary)
     crashed = time.monotonic()  # units that began before this may have reached the old primary
@@ -220,16 +226,8 @@ def patroni_failover_under_load(install, threads: int, retry_timeout: float | No
         django_setup.set_alias("stock", cluster.django_database(stock=True, OPTIONS=options))
         call_command("migrate", database="ours", verbosity=0)
         connections.close_all()
-        loads = {side: Load(side) for side in SIDES}
-        stop = threading.Event()
-        workers = [
-            threading.Thread(target=loads[side].worker, args=(stop,))
-            for side in SIDES
-            for _ in range(threads)
-        ]
         with cluster.watch() as watch:
-            for worker in workers:
-                worker.start()
+            loads, stop, workers = start_load(threads)
             time.sleep(1.0)  # steady traffic first
             old = cluster.kill_node()
             killed = time.monotonic()
