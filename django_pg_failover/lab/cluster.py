@@ -20,6 +20,7 @@ from .common import (
     STATE_FILE,
     Lab,
     NodeStatus,
+    create_app_database,
     default_lab_dir,
     default_parent_dir,
     free_port,
@@ -164,9 +165,8 @@ class Cluster(Lab):
             conf.write(SERVER_SETTINGS)
         (primary.datadir / "pg_hba.conf").write_text(HBA)
         primary.start()
-        with closing(primary.connect()) as conn, conn.cursor() as cur:
-            cur.execute(f"CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD %s", [self.password])
-            cur.execute(f"CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}")
+        with closing(primary.connect()) as conn:
+            create_app_database(conn, self.password)
         for standby in self.nodes[1:]:
             self._clone_from(primary, standby)
         if self.synchronous:

@@ -157,6 +157,13 @@ def read_state(root: Path) -> dict[str, Any]:
         raise LabError(f"no lab in {root} (start one first)") from None
 
 
+def create_app_database(conn: Any, password: str) -> None:
+    """The login role and database Django uses, on a primary (superuser connection)."""
+    with closing(conn.cursor()) as cur:
+        cur.execute(f"CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD %s", [password])
+        cur.execute(f"CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}")
+
+
 # -- what a lab hands out -------------------------------------------------------------
 
 

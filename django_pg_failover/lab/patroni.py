@@ -25,14 +25,13 @@ from typing import Any
 
 from .binaries import PgInstall, find_install
 from .common import (
-    APP_DATABASE,
-    APP_USER,
     LOOPBACK,
     PASSWORD_FILE,
     SERVER_PARAMETERS,
     STATE_FILE,
     SUPERUSER,
     Lab,
+    create_app_database,
     free_port,
     hba_lines,
     listen_addresses,
@@ -248,10 +247,9 @@ class PatroniCluster(Lab):
         for member in others:
             member.start_agent(self.python, self.user, self.detach)
         self.wait_healthy(deadline - time.monotonic())
-        with closing(first.pg.connect()) as conn, closing(conn.cursor()) as cur:
+        with closing(first.pg.connect()) as conn:
             # Patroni 4 creates no application users: this is the lab's job.
-            cur.execute(f"CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD %s", [self.password])
-            cur.execute(f"CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}")
+            create_app_database(conn, self.password)
         self.save_state()
 
     def _write_config(self, member: Member) -> None:
