@@ -21,11 +21,11 @@ def database_from_environment() -> dict:
             "PASSWORD": os.environ.get("PG_FAILOVER_PASSWORD", ""),
             "OPTIONS": {"connect_timeout": 2, "failover": {"retry_timeout": 15.0}},
         }
-    from django_pg_failover.lab import Cluster, LabError
-    from django_pg_failover.lab.cluster import default_lab_dir
+    from django_pg_failover.lab import LabError, load_lab
+    from django_pg_failover.lab.common import default_lab_dir
 
-    try:
-        return Cluster.load(default_lab_dir()).django_database(
+    try:  # either kind of lab: python -m django_pg_failover.lab start [--patroni]
+        return load_lab(default_lab_dir()).django_database(
             OPTIONS={"connect_timeout": 2, "failover": {"retry_timeout": 15.0}}
         )
     except LabError as exc:
