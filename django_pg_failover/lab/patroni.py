@@ -45,11 +45,7 @@ from .etcd import Etcd, find_etcd
 from .node import Node
 from .patroni_member import STREAMING, SUPERVISOR, Member, MemberStatus, MemberView
 from .patroni_runtime import patroni_python
-from .system import (
-    ServerUser,
-    ensure_runnable,
-    wait_for,
-)
+from .system import ServerUser, ensure_runnable, wait_for
 
 # Patroni raises any ttl below 20 s to 20 (with a warning only): a dead leader
 # is replaced after about this long. loop_wait + 2 * retry_timeout <= ttl.
@@ -239,7 +235,7 @@ class PatroniCluster(Lab):
         first, *others = self.members
         first.start_agent(self.python, self.user, self.detach)
         wait_for(
-            lambda: self._check_agent(first) and first.is_primary(),
+            lambda: first.check_not_exited() and first.is_primary(),
             deadline - time.monotonic(),
             f"{first.name} to bootstrap the cluster",
             interval=0.1,
@@ -254,7 +250,7 @@ class PatroniCluster(Lab):
 
     def _write_config(self, member: Member) -> None:
         """The agent's configuration (JSON is YAML): no secret in it."""
-        cluster_wide = {k: v for k, v in SERVER_PARAMETERS.items()}
+        cluster_wide = dict(SERVER_PARAMETERS)
         config = {
             "scope": self.scope,
             "namespace": "/django-pg-failover-lab/",
@@ -298,12 +294,6 @@ class PatroniCluster(Lab):
         write_private(member.config_path, json.dumps(config, indent=2))
         self.user.chown(member.config_path)
 
-    def _check_agent(self, member: Member) -> bool:
-        """Fail at once, with the agent's log, when its supervisor exited."""
-        if member._proc is not None and member._proc.poll() is not None:
-            raise LabError(f"{member.name}'s Patroni exited:\n{member.pg.log_tail()}")
-        return True
-
     # -- Patroni's view ---------------------------------------------------------------
 
     def _api(
@@ -311,7 +301,7 @@ class PatroniCluster(Lab):
     ) -> tuple[int, Any]:
         """Ask the first member whose agent answers (a frozen one would hang us)."""
         errors = []
-        for member in sorted(self.members, key=lambda m: m.agent_state != "up"):
+        for member in self.members:
             if member.agent_state != "up":
                 continue
             try:
@@ -361,7 +351,7 @@ class PatroniCluster(Lab):
 
     def _healthy(self, synchronous: bool | None) -> bool:
         for member in self.members:
-            self._check_agent(member)
+            member.check_not_exited()
             if member.agent_state != "up":
                 return False
         try:
@@ -424,7 +414,7 @@ class PatroniCluster(Lab):
 
     def wait_streaming(self, member: Member, timeout: float = 60) -> None:
         def probe() -> bool:
-            self._check_agent(member)
+            member.check_not_exited()
             try:
                 view = {m.name: m for m in self.view()}
             except LabError:

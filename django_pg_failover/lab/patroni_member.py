@@ -76,6 +76,7 @@ class Member:
         self.pg = pg
         self._proc: subprocess.Popen | None = None
         self._supervisor_pid = supervisor_pid
+        self._agent: tuple[int, int] | None = None  # (supervisor pid, agent pid)
 
     def __repr__(self) -> str:
         return f"<Member {self.name} port={self.port} api={self.api_port} {self.agent_state}>"
@@ -105,8 +106,13 @@ class Member:
         supervisor = self.supervisor_pid
         if supervisor is None:
             return None
+        # A supervisor starts one agent: look it up in /proc once, not at every poll.
+        known = self._agent
+        if known and known[0] == supervisor and process_state(known[1]) not in (None, "Z"):
+            return known[1]
         for pid in children_of(supervisor):
             if "patroni" in cmdline(pid)[1:3]:
+                self._agent = (supervisor, pid)
                 return pid
         return None
 
@@ -132,6 +138,12 @@ class Member:
         args = [python, str(supervisor), str(parent), "--", python, "-m", "patroni"]
         self._proc = spawn(user, [*args, str(self.config_path)], self.log_path, detach=True)
         self._supervisor_pid = self._proc.pid
+
+    def check_not_exited(self) -> bool:
+        """Fail at once, with the agent's log, when the agent this lab started exited."""
+        if self._proc is not None and self._proc.poll() is not None:
+            raise LabError(f"{self.name}'s Patroni exited:\n{self.pg.log_tail()}")
+        return True
 
     def kill(self) -> None:
         """``kill -9`` of the agent and PostgreSQL at the same instant: the machine died."""
