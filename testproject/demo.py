@@ -294,7 +294,10 @@ def play(run: Run, scenario: LabScenario | PatroniScenario, seconds: float, work
         for thread in threads:
             thread.join(60)
         scenario.end()
-    while shown < int(seconds):
+    # A step still running at the end (a slow rejoin) finishes in a later second:
+    # show that one too.
+    last = max([int(seconds) - 1, *run.events])
+    while shown <= last:
         show_second(run, shown)
         shown += 1
 

@@ -410,7 +410,10 @@ class PatroniCluster(Lab):
             member = self.member(name)
             return member if member.is_primary() else None
 
-        return wait_for(probe, timeout, "Patroni to elect a new leader", interval=0.05)
+        try:
+            return wait_for(probe, timeout, "Patroni to elect a new leader", interval=0.05)
+        except LabTimeout as exc:
+            raise LabTimeout(f"{exc}\n{self.describe(lines=40)}") from None
 
     def wait_streaming(self, member: Member, timeout: float = 60) -> None:
         def probe() -> bool:
@@ -424,14 +427,14 @@ class PatroniCluster(Lab):
 
         wait_for(probe, timeout, f"{member.name} to stream from the leader", interval=0.1)
 
-    def describe(self) -> str:
+    def describe(self, lines: int = 8) -> str:
         """Patroni's view and each agent's last log lines (for error messages)."""
         try:
             view = "\n".join(f"  {m}" for m in self.view())
         except LabError as exc:
             view = f"  ({exc})"
         logs = "\n".join(
-            f"--- {m.name} (agent {m.agent_state}):\n{m.pg.log_tail(8)}" for m in self.members
+            f"--- {m.name} (agent {m.agent_state}):\n{m.pg.log_tail(lines)}" for m in self.members
         )
         return f"Patroni's view:\n{view}\n{logs}"
 
