@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -312,9 +313,19 @@ class PatroniCluster(Lab):
             f"no Patroni agent answered {method} {path}: {'; '.join(errors) or 'none up'}"
         )
 
-    def view(self) -> list[MemberView]:
-        """Patroni's ``/cluster``: what the agents and etcd believe (it can be stale)."""
-        status, body = self._api("GET", "/cluster", timeout=1.0)
+    def view(self, member: Member | None = None) -> list[MemberView]:
+        """Patroni's ``/cluster``: what the agents and etcd believe (it can be stale).
+
+        Any member answers (or ``member``); each answers from its own last look
+        at etcd, up to ``loop_wait`` old.
+        """
+        if member is None:
+            status, body = self._api("GET", "/cluster", timeout=1.0)
+        else:
+            try:
+                status, body = member.api("GET", "/cluster", timeout=1.0)
+            except OSError as exc:
+                raise LabError(f"{member.name} did not answer GET /cluster: {exc}") from None
         if status != 200 or not isinstance(body, dict):
             raise LabError(f"GET /cluster answered {status}: {body}")
         return [
@@ -354,38 +365,52 @@ class PatroniCluster(Lab):
             member.check_not_exited()
             if member.agent_state != "up":
                 return False
+        name = self.patroni_leader()
+        if name is None:
+            return False
         try:
-            view = {m.name: m for m in self.view()}
+            # The leader's own view: it writes the synchronous standby's name
+            # to etcd, and another member may not have read it yet.
+            view = {m.name: m for m in self.view(self.member(name))}
         except LabError:
             return False
-        leaders = [m for m in view.values() if m.role == "leader" and m.state == "running"]
-        if len(leaders) != 1 or set(view) != {m.name for m in self.members}:
+        leader = view.get(name)
+        if leader is None or leader.role != "leader" or leader.state != "running":
             return False
-        leader = leaders[0]
+        if set(view) != {m.name for m in self.members}:
+            return False
         replicas = [m for m in view.values() if m is not leader]
         if not all(
             m.is_replica and m.state == STREAMING and m.timeline == leader.timeline
             for m in replicas
         ):
             return False
-        if synchronous is not None and synchronous != any(
-            m.role == "sync_standby" for m in replicas
-        ):
+        sync_standbys = {m.name for m in replicas if m.role == "sync_standby"}
+        if synchronous is not None and synchronous != bool(sync_standbys):
             return False
         # Patroni may be behind: the servers must agree.
         try:
-            rows = self.member(leader.name).pg.query(
+            pg = self.member(leader.name).pg
+            rows = pg.query(
                 "SELECT application_name, sync_state FROM pg_stat_replication "
                 "WHERE state = 'streaming'"
             )
+            names = pg.scalar("SHOW synchronous_standby_names")
         except Exception:
             return False
-        streaming = {name: state for name, state in rows}
+        streaming = dict(rows)
         if not {m.name for m in replicas} <= set(streaming):
             return False
-        if synchronous and "sync" not in streaming.values() and "quorum" not in streaming.values():
+        # A change of synchronous_mode shows in /cluster at once, but the leader
+        # acts on it at its next cycle, and names a synchronous standby in etcd
+        # only once the server made it one (until then nobody may take over):
+        # wait until etcd, the server's setting and replication all agree.
+        named = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", names or "")) - {"ANY", "FIRST"}
+        if named != sync_standbys:
             return False
-        return self.member(leader.name).is_primary()
+        if any(streaming[m] not in ("sync", "quorum") for m in sync_standbys):
+            return False
+        return pg.scalar("SELECT NOT pg_is_in_recovery()") is True
 
     def wait_healthy(self, timeout: float = 60) -> Member:
         """Wait until one leader runs and every other member streams from it; return the leader."""
