@@ -237,9 +237,10 @@ def test_frozen_leader_measured(
     assert all(u.port == old.port for units in lost.values() for u in units)
     if synchronous:
         # The old leader cannot commit without its synchronous standby, which
-        # now leads: nothing it acknowledged is lost, on either backend.
+        # now leads: nothing it acknowledged is lost, on either backend. (It
+        # may still acknowledge, once awake, a commit its standby had flushed
+        # before the freeze: that write is on the new leader.)
         assert lost == {loop.label: [] for loop in loops}
-        assert sum(late.values()) == 0
     # Not worse than Django's own backend: no more failed units after the fault.
     failed = {loop.label: len(loop.failed_after(fault_at)) for loop in after}
     assert failed["ours (after)"] <= failed["stock (after)"]
