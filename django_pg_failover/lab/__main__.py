@@ -1,4 +1,8 @@
-"""Command line for the lab: ``python -m django_pg_failover.lab start|status|failover|stop``."""
+"""Command line for the lab: ``python -m django_pg_failover.lab start|status|failover|stop``.
+
+``start --patroni`` runs the servers under Patroni and etcd; the other commands
+work on either kind of lab.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .binaries import find_install
-from .cluster import Cluster, default_lab_dir, status_as_dicts
+from .cluster import Cluster
+from .common import Lab, default_lab_dir, status_as_dicts
 from .errors import LabError
+from .patroni import PatroniCluster, load_lab
 
 
-def databases_snippet(cluster: Cluster) -> str:
+def databases_snippet(cluster: Lab) -> str:
     hosts = ",\n".join(f'            "{h}"' for h in cluster.hosts())
     return f"""DATABASES = {{
     "default": {{
@@ -30,7 +36,7 @@ def databases_snippet(cluster: Cluster) -> str:
 }}"""
 
 
-def database_url_line(cluster: Cluster) -> str:
+def database_url_line(cluster: Lab) -> str:
     """A shell line that sets DATABASE_URL; the password is read from its file, not printed."""
     # The lab's password is URL-safe: as read from the file, it needs no encoding.
     read = f"$(cat {shlex.quote(str(cluster.password_file))})"
@@ -38,7 +44,9 @@ def database_url_line(cluster: Cluster) -> str:
     return f'export DATABASE_URL="{url}"'
 
 
-def format_status(cluster: Cluster) -> str:
+def format_status(cluster: Lab) -> str:
+    if isinstance(cluster, PatroniCluster):
+        return format_patroni_status(cluster)
     lines = [f"{'node':<6}{'port':>7}  {'state':<6}{'role':<9}{'timeline':>9}{'lag':>12}"]
     for row in cluster.status():
         lag = "" if row.replay_lag_bytes is None else f"{row.replay_lag_bytes} B"
@@ -49,21 +57,52 @@ def format_status(cluster: Cluster) -> str:
     return "\n".join(lines)
 
 
+def format_patroni_status(cluster: PatroniCluster) -> str:
+    """Patroni's view (role, state, timeline, lag) beside each agent's and server's own."""
+    lines = [
+        f"{'node':<6}{'port':>7}{'api':>7}  {'agent':<7}{'patroni role':<14}{'state':<11}"
+        f"{'timeline':>9}{'lag':>10}  server"
+    ]
+    for row in cluster.status():
+        lines.append(
+            f"{row.name:<6}{row.port:>7}{row.api_port:>7}  {row.agent:<7}{row.role or '-':<14}"
+            f"{row.state or '-':<11}{'' if row.timeline is None else row.timeline:>9}"
+            f"{'' if row.lag is None else row.lag:>10}  {row.server}"
+        )
+    return "\n".join(lines)
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     install = find_install(args.pg_version) if args.pg_version else None
     started = time.monotonic()
-    cluster = Cluster.create(
-        standbys=args.standbys,
-        install=install,
-        synchronous=args.sync,
-        root=args.dir,
-        detach=True,
-    )
-    node0 = cluster.nodes[0]
+    if args.patroni:
+        cluster: Lab = PatroniCluster.create(
+            members=args.standbys + 1,
+            install=install,
+            synchronous=args.sync,
+            root=args.dir,
+            detach=True,
+        )
+    else:
+        cluster = Cluster.create(
+            standbys=args.standbys,
+            install=install,
+            synchronous=args.sync,
+            root=args.dir,
+            detach=True,
+        )
+    node0 = cluster.nodes[0] if isinstance(cluster, Cluster) else cluster.members[0].pg
     print(
         f"Lab started in {time.monotonic() - started:.1f}s: PostgreSQL "
-        f"{node0.install.major} ({node0.install.source}), data in {cluster.root}\n"
+        f"{node0.install.major} ({node0.install.source}), data in {cluster.root}"
     )
+    if isinstance(cluster, PatroniCluster):
+        print(
+            "Patroni agents: "
+            + ", ".join(f"{m.name} {m.api_url}" for m in cluster.members)
+            + f"; etcd {cluster.etcd.url}"
+        )
+    print()
     print(format_status(cluster))
     print("\nPaste into your settings:\n")
     print(databases_snippet(cluster))
@@ -73,7 +112,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    cluster = Cluster.load(args.dir)
+    cluster = load_lab(args.dir)
     if args.json:
         print(json.dumps(status_as_dicts(cluster.status())))
     else:
@@ -81,8 +120,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def patroni_failover(cluster: PatroniCluster, args: argparse.Namespace) -> str:
+    """The fault, then what Patroni did about it (the lab only waits and watches)."""
+    if args.delay:
+        raise LabError("--delay: Patroni decides when to promote; leave it out")
+    target = cluster.member(args.to) if args.to else None
+    old = cluster.leader()
+    started = time.monotonic()
+    if args.fault == "postmaster":
+        cluster.kill_postmaster(old)
+        leader = cluster.wait_healthy(timeout=60)
+        return (
+            f"kill -9 of {old.name}'s postmaster; Patroni restarted it in place: {leader.name} "
+            f"leads again after {time.monotonic() - started:.1f}s"
+        )
+    if args.fault == "stop":
+        new = cluster.switchover(target)
+        cluster.wait_healthy(timeout=60)
+        return f"switchover {old.name} -> {new.name}: {time.monotonic() - started:.1f}s"
+    if args.fault == "crash":
+        cluster.kill_node(old)
+        action = "kill -9 of the agent and PostgreSQL of"
+    else:
+        cluster.freeze(old)
+        action = "SIGSTOP of the agent and PostgreSQL of"
+    new = cluster.wait_leader(other_than=old, timeout=cluster.ttl * 3)
+    took = time.monotonic() - started
+    line = f"{action} {old.name}; Patroni promoted {new.name} after {took:.1f}s"
+    if args.rejoin:
+        rejoined = time.monotonic()
+        cluster.rejoin(old)
+        line += f"; {old.name} rejoined: {time.monotonic() - rejoined:.1f}s"
+    return line
+
+
 def cmd_failover(args: argparse.Namespace) -> int:
-    cluster = Cluster.load(args.dir)
+    cluster = load_lab(args.dir)
+    if isinstance(cluster, PatroniCluster):
+        print(patroni_failover(cluster, args))
+        print(format_status(cluster))
+        return 0
+    if args.fault == "postmaster":
+        raise LabError("--fault postmaster needs a Patroni lab (start --patroni)")
     target = cluster.node(args.to) if args.to else None
     report = cluster.failover(
         fault=args.fault, target=target, promote_delay=args.delay, rejoin=args.rejoin
@@ -102,9 +181,23 @@ def cmd_failover(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    cluster = Cluster.load(args.dir)
+    cluster = load_lab(args.dir)
     cluster.close(remove=True)
     print(f"Lab in {args.dir} stopped and removed.")
+    return 0
+
+
+def cmd_prepare_patroni(args: argparse.Namespace) -> int:
+    """Find etcd and make Patroni runnable by the server user, before any test needs them."""
+    from .etcd import etcd_version, find_etcd
+    from .patroni_runtime import patroni_python, patroni_version
+    from .system import ServerUser
+
+    etcd = find_etcd()
+    user = ServerUser.resolve()
+    python = patroni_python(user)
+    print(f"etcd {etcd_version(etcd)}: {etcd}")
+    print(f"Patroni {patroni_version()} runs as {user.name!r} with {python}")
     return 0
 
 
@@ -126,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--standbys", type=int, default=2)
     start.add_argument("--sync", action="store_true", help="synchronous replication")
     start.add_argument("--pg-version", type=int, help="PostgreSQL major version to use")
+    start.add_argument(
+        "--patroni",
+        action="store_true",
+        help="run the servers under Patroni agents with etcd (--sync: synchronous_mode)",
+    )
     start.set_defaults(func=cmd_start)
 
     status = commands.add_parser("status", help="show each node's role and lag")
@@ -133,9 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     failover = commands.add_parser("failover", help="fail the primary, promote a standby")
-    failover.add_argument("--fault", choices=["crash", "hang", "stop"], default="crash")
+    failover.add_argument(
+        "--fault",
+        choices=["crash", "hang", "stop", "postmaster"],
+        default="crash",
+        help="crash: kill -9 the primary (under Patroni: its agent too); hang: SIGSTOP it; "
+        "stop: a planned switchover; postmaster: kill -9 the postmaster alone (Patroni only)",
+    )
     failover.add_argument("--to", help="the standby to promote (default: most advanced)")
-    failover.add_argument("--delay", type=float, default=0.0, help="seconds before promoting")
+    failover.add_argument(
+        "--delay", type=float, default=0.0, help="seconds before promoting (not with Patroni)"
+    )
     failover.add_argument(
         "--no-rejoin",
         dest="rejoin",
@@ -146,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     stop = commands.add_parser("stop", help="stop the lab and delete its files")
     stop.set_defaults(func=cmd_stop)
+
+    prepare = commands.add_parser(
+        "prepare-patroni",
+        help="check for etcd and make Patroni runnable by the server user (once)",
+    )
+    prepare.set_defaults(func=cmd_prepare_patroni)
     return parser
 
 

@@ -2,141 +2,60 @@
 
 from __future__ import annotations
 
-import atexit
 import json
-import os
 import secrets
 import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from contextlib import closing, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlencode
 
 from .binaries import PgInstall, find_install
+from .common import (
+    APP_DATABASE,
+    APP_USER,
+    PASSWORD_FILE,
+    SERVER_PARAMETERS,
+    STATE_FILE,
+    Lab,
+    NodeStatus,
+    create_app_database,
+    default_lab_dir,
+    default_parent_dir,
+    free_port,
+    hba_lines,
+    ipv6_loopback_available,
+    listen_addresses,
+    live_labs,
+    make_root,
+    read_state,
+    status_as_dicts,
+    write_private,
+)
 from .errors import LabError, LabTimeout
 from .node import LOOPBACK, SUPERUSER, Node, State
 from .system import ServerUser, become_subreaper, ensure_runnable, wait_for
 
-APP_USER = "app"
-APP_DATABASE = "app"
-STATE_FILE = "lab.json"
-PASSWORD_FILE = "password"
+# Kept importable from here: code written before the lab had two modes does.
+__all__ = [
+    "APP_DATABASE",
+    "APP_USER",
+    "Cluster",
+    "FailoverReport",
+    "NodeStatus",
+    "default_lab_dir",
+    "default_parent_dir",
+    "free_port",
+    "ipv6_loopback_available",
+    "status_as_dicts",
+]
 
-SERVER_SETTINGS = """
-# django-pg-failover lab: tests only, never production (fsync is off).
-wal_level = replica
-hot_standby = on
-hot_standby_feedback = on
-wal_log_hints = on
-full_page_writes = on
-wal_keep_size = 256MB
-max_wal_senders = 10
-max_replication_slots = 10
-max_connections = 120
-shared_buffers = 16MB
-fsync = off
-wal_retrieve_retry_interval = 100ms
-wal_receiver_timeout = 5s
-wal_sender_timeout = 5s
-dynamic_shared_memory_type = mmap
-password_encryption = 'scram-sha-256'
-lc_messages = 'C'
-log_min_messages = warning
-log_line_prefix = '%m [%p] '
-"""
-
-HBA = f"""
-local   all          {SUPERUSER}                      trust
-local   replication  all                       trust
-host    all          {SUPERUSER}      127.0.0.1/32    trust
-host    all          {SUPERUSER}      ::1/128         trust
-host    replication  all       127.0.0.1/32    trust
-host    replication  all       ::1/128         trust
-local   all          all                       scram-sha-256
-host    all          all       127.0.0.1/32    scram-sha-256
-host    all          all       ::1/128         scram-sha-256
-"""
-
-_live_clusters: set[Cluster] = set()
-
-
-@atexit.register
-def _close_live_clusters() -> None:
-    for cluster in list(_live_clusters):
-        with suppress(Exception):
-            cluster.close()
-
-
-PARENT_ENV = "PG_FAILOVER_LAB_PARENT"
-
-
-def default_parent_dir() -> Path:
-    """Where labs are built: ``$PG_FAILOVER_LAB_PARENT``, else tmpfs when there is one
-    (a lab's data is disposable and RAM is fast), else the temporary folder.
-
-    CI gives each run a parent of its own, and judges leftovers inside it only.
-    """
-    if os.environ.get(PARENT_ENV):
-        parent = Path(os.environ[PARENT_ENV])
-        parent.mkdir(parents=True, exist_ok=True)
-        return parent
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        with suppress(OSError), open("/proc/mounts") as mounts:
-            if any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts):
-                return shm
-    return Path(tempfile.gettempdir())
-
-
-def default_lab_dir() -> Path:
-    """Where ``python -m django_pg_failover.lab start`` keeps its lab."""
-    return Path(
-        os.environ.get("PG_FAILOVER_LAB_DIR") or default_parent_dir() / "django-pg-failover-lab"
-    )
-
-
-def ipv6_loopback_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    with closing(socket.socket(socket.AF_INET6, socket.SOCK_STREAM)) as sock:
-        try:
-            sock.bind(("::1", 0))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    """A TCP port free on loopback for both IPv4 and IPv6."""
-    for _ in range(100):
-        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-            sock.bind((LOOPBACK, 0))
-            port = sock.getsockname()[1]
-        if not ipv6_loopback_available():
-            return port
-        with closing(socket.socket(socket.AF_INET6, socket.SOCK_STREAM)) as sock:
-            try:
-                sock.bind(("::1", port))
-            except OSError:
-                continue
-        return port
-    raise LabError("no free TCP port on loopback")
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    name: str
-    port: int
-    state: str
-    role: str
-    timeline: int | None
-    wal_position: int | None
-    replay_lag_bytes: int | None
+SERVER_SETTINGS = "".join(
+    ["\n# django-pg-failover lab: tests only, never production (fsync is off).\n"]
+    + [f"{name} = '{value}'\n" for name, value in SERVER_PARAMETERS.items()]
+)
+HBA = "\n".join(hba_lines()) + "\n"
 
 
 @dataclass(frozen=True)
@@ -150,7 +69,7 @@ class FailoverReport:
     rejoin_seconds: float | None
 
 
-class Cluster:
+class Cluster(Lab):
     """A lab cluster: one primary and N streaming standbys on loopback ports.
 
     Build one with :meth:`create` (or :meth:`load` one a ``lab start`` left
@@ -175,7 +94,7 @@ class Cluster:
         self._golden_primary: str | None = None
         self._dirty = False
         if not detach:
-            _live_clusters.add(self)
+            live_labs.add(self)
 
     def __repr__(self) -> str:
         return f"<Cluster {self.root} primary={self._primary} nodes={len(self.nodes)}>"
@@ -203,18 +122,11 @@ class Cluster:
         install = ensure_runnable(install or find_install(), user)
         if not detach:
             become_subreaper()
-        if root is None:
-            root = Path(tempfile.mkdtemp(prefix="pgfo-lab-", dir=default_parent_dir()))
-        else:
-            root = Path(root)
-            if (root / STATE_FILE).exists():
-                raise LabError(f"a lab already lives in {root}: stop it first")
-            root.mkdir(parents=True, exist_ok=True)
-        user.chown(root)
+        root = make_root(root, user)
         socket_dir = root / "sockets"
         socket_dir.mkdir(exist_ok=True)
         user.chown(socket_dir)
-        listen = f"{LOOPBACK},::1" if ipv6_loopback_available() else LOOPBACK
+        listen = listen_addresses()
         nodes = [
             Node(f"n{i}", free_port(), root / f"n{i}", install, user, socket_dir, listen, detach)
             for i in range(standbys + 1)
@@ -255,9 +167,8 @@ class Cluster:
             conf.write(SERVER_SETTINGS)
         (primary.datadir / "pg_hba.conf").write_text(HBA)
         primary.start()
-        with closing(primary.connect()) as conn, conn.cursor() as cur:
-            cur.execute(f"CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD %s", [self.password])
-            cur.execute(f"CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}")
+        with closing(primary.connect()) as conn:
+            create_app_database(conn, self.password)
         for standby in self.nodes[1:]:
             self._clone_from(primary, standby)
         if self.synchronous:
@@ -297,12 +208,6 @@ class Cluster:
 
     # -- roles ----------------------------------------------------------------
 
-    def node(self, name: str) -> Node:
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise LabError(f"no node named {name!r}")
-
     @property
     def primary(self) -> Node:
         """The node the lab made primary last (it may be down: ask ``state``)."""
@@ -320,51 +225,6 @@ class Cluster:
     def dirty(self) -> bool:
         """True once anything changed the cluster since it was built or reset."""
         return self._dirty
-
-    def hosts(self) -> list[str]:
-        return [f"{LOOPBACK}:{n.port}" for n in self.nodes]
-
-    def django_database(
-        self, stock: bool = False, nodes: list[Node] | None = None, **overrides: Any
-    ) -> dict[str, Any]:
-        """A ``DATABASES`` entry listing ``nodes`` (all, in order, by default).
-
-        With ``stock``, Django's own backend set up the way psycopg2 multi-host
-        guides show it (its best case, for comparisons): comma-separated HOST
-        and PORT strings and ``target_session_attrs=read-write``.
-        """
-        nodes = nodes if nodes is not None else self.nodes
-        options = overrides.pop("OPTIONS", {})
-        database = {
-            "ENGINE": "django_pg_failover",
-            "NAME": APP_DATABASE,
-            "USER": APP_USER,
-            "PASSWORD": self.password,
-            "HOST": [f"{LOOPBACK}:{n.port}" for n in nodes],
-            "OPTIONS": options,
-        }
-        if stock:
-            database.update(
-                ENGINE="django.db.backends.postgresql",
-                HOST=",".join(LOOPBACK for _ in nodes),
-                PORT=",".join(str(n.port) for n in nodes),
-                OPTIONS={"target_session_attrs": "read-write", **options},
-            )
-        database.update(overrides)
-        return database
-
-    def database_url(
-        self, hosts: list[str] | None = None, dbname: str = APP_DATABASE, **params: Any
-    ) -> str:
-        """libpq's multi-host URL for ``DATABASE_URL`` (:func:`django_pg_failover.config`).
-
-        ``hosts`` are ``host:port`` entries (every node, in order, by default);
-        ``params`` go to the query string (``retry_timeout=15``).
-        """
-        netloc = ",".join(hosts if hosts is not None else self.hosts())
-        query = f"?{urlencode(params)}" if params else ""
-        password = quote(self.password, safe="")
-        return f"postgresql://{APP_USER}:{password}@{netloc}/{quote(dbname, safe='')}{query}"
 
     # -- faults -------------------------------------------------------------------
 
@@ -681,6 +541,7 @@ class Cluster:
     def save_state(self) -> None:
         node0 = self.nodes[0]
         state = {
+            "mode": "plain",
             "bindir": str(node0.install.bindir),
             "major": node0.install.major,
             "source": node0.install.source,
@@ -691,21 +552,16 @@ class Cluster:
             "listen_addresses": node0.listen_addresses,
             "nodes": [{"name": n.name, "port": n.port} for n in self.nodes],
         }
-        _write_private(self.root / STATE_FILE, json.dumps(state, indent=2))
-        _write_private(self.password_file, self.password)
-
-    @property
-    def password_file(self) -> Path:
-        return self.root / PASSWORD_FILE
+        write_private(self.root / STATE_FILE, json.dumps(state, indent=2))
+        self.save_password()
 
     @classmethod
     def load(cls, root: Path | str) -> Cluster:
         """Attach to a lab left running by ``python -m django_pg_failover.lab start``."""
         root = Path(root)
-        try:
-            state = json.loads((root / STATE_FILE).read_text())
-        except FileNotFoundError:
-            raise LabError(f"no lab in {root} (start one first)") from None
+        state = read_state(root)
+        if state.get("mode", "plain") != "plain":
+            raise LabError(f"the lab in {root} is run by {state['mode']}: use load_lab()")
         install = PgInstall(state["major"], Path(state["bindir"]), state["source"])
         user = ServerUser.resolve()
         nodes = [
@@ -728,7 +584,7 @@ class Cluster:
 
     def close(self, remove: bool = True) -> None:
         """Stop every server and (by default) delete the lab's files."""
-        _live_clusters.discard(self)
+        live_labs.discard(self)
         for node in self.nodes:
             if node.state is State.DOWN:
                 continue
@@ -738,13 +594,3 @@ class Cluster:
                 node.crash()
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
-def status_as_dicts(rows: list[NodeStatus]) -> list[dict[str, Any]]:
-    return [asdict(row) for row in rows]

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from .binaries import PgInstall
+from .common import LOOPBACK, SUPERUSER
 from .errors import LabError
 from .sql import driver
 from .system import (
     ServerUser,
     children_of,
     kill_tree,
+    log_tail,
     process_state,
     reap,
     remove_shared_memory,
@@ -25,8 +27,7 @@ from .system import (
     wait_for,
 )
 
-SUPERUSER = "postgres"
-LOOPBACK = "127.0.0.1"
+__all__ = ["LOOPBACK", "SUPERUSER", "Node", "State"]
 
 
 class State(enum.Enum):
@@ -103,7 +104,8 @@ class Node:
             return State.DOWN
         return State.HUNG if process_state(pid) == "T" else State.UP
 
-    def _shared_memory_id(self) -> int | None:
+    def shared_memory_id(self) -> int | None:
+        """The System V segment of the running postmaster (read it before a kill)."""
         lines = self._pidfile()
         if len(lines) >= 7 and len(lines[6].split()) == 2:
             return int(lines[6].split()[1])
@@ -147,10 +149,7 @@ class Node:
         return True
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def _wait_exit(self, timeout: float) -> None:
         if self._proc is not None:
@@ -181,12 +180,16 @@ class Node:
         pid = self.pid
         if pid is None:
             raise LabError(f"{self.name} is not running")
-        shmid = self._shared_memory_id()
+        shmid = self.shared_memory_id()
         victims = kill_tree(pid)
         if self._proc is not None:
             self._proc.wait()
             self._proc = None
         reap(victims)
+        self.remove_leftovers(shmid)
+
+    def remove_leftovers(self, shmid: int | None) -> None:
+        """Clean up after a killed postmaster: its shared memory and lock files."""
         if shmid is not None:
             remove_shared_memory(shmid)
         # A killed postmaster that is not our child stays a zombie until init

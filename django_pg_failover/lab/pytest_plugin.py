@@ -17,6 +17,14 @@ Fixtures:
     Builds extra clusters (``standbys=``, ``synchronous=``) closed after the test.
 ``pg_blackhole``
     A loopback address that accepts TCP connections and never answers.
+``pg_patroni``
+    Session-wide :class:`~django_pg_failover.lab.PatroniCluster`: three
+    PostgreSQL servers under Patroni agents, with etcd, on the first selected
+    installation. Built on first use.
+``patroni_cluster``
+    The same cluster for one test: healthy (a leader, every other member
+    streaming) when the test starts, and healed without a rebuild when the
+    test leaves it changed.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from . import Blackhole, Cluster, PgInstall
+    from . import Blackhole, Cluster, PatroniCluster, PgInstall
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,13 +74,18 @@ def _selected_installs(config: pytest.Config) -> list[PgInstall] | str:
     return chosen or f"no PostgreSQL installation of version {choice} found: {installs}"
 
 
+def _installs(config: pytest.Config) -> list[PgInstall] | str:
+    # Found once per session, and only when a test uses a lab.
+    if not hasattr(config, "_pg_lab_installs"):
+        config._pg_lab_installs = _selected_installs(config)
+    return config._pg_lab_installs
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Only tests that use the lab pay for finding binaries (at collection time).
     if "pg_lab" not in metafunc.fixturenames:
         return
-    if not hasattr(metafunc.config, "_pg_lab_installs"):
-        metafunc.config._pg_lab_installs = _selected_installs(metafunc.config)
-    installs = metafunc.config._pg_lab_installs
+    installs = _installs(metafunc.config)
     if isinstance(installs, str):
         metafunc.parametrize("pg_lab", [installs], indirect=True, ids=["no-postgres"])
     else:
@@ -101,6 +114,28 @@ def _close_django_connections() -> None:
             django_db.connections.close_all()
 
 
+def _for_the_session(create: Callable[[], Any]) -> Iterator[Any]:
+    """Build a lab, yield it, and close it whatever happens (SIGTERM included)."""
+    _interrupt_on_sigterm()
+    lab = create()
+    try:
+        yield lab
+    finally:
+        _close_django_connections()
+        lab.close()
+
+
+def _for_one_test(lab: Any) -> Iterator[Any]:
+    """Yield the lab healthy, and heal it after a test that changed it."""
+    if lab.dirty:
+        _close_django_connections()
+        lab.reset()
+    yield lab
+    if lab.dirty:
+        _close_django_connections()
+        lab.reset()
+
+
 @pytest.fixture(scope="session")
 def pg_lab(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     from .cluster import Cluster
@@ -109,24 +144,12 @@ def pg_lab(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     install = getattr(request, "param", None)
     if isinstance(install, str):
         raise LabError(install)
-    _interrupt_on_sigterm()
-    cluster = Cluster.create(install=install)
-    try:
-        yield cluster
-    finally:
-        _close_django_connections()
-        cluster.close()
+    yield from _for_the_session(lambda: Cluster.create(install=install))
 
 
 @pytest.fixture
 def pg_cluster(pg_lab: Cluster) -> Iterator[Cluster]:
-    if pg_lab.dirty:
-        pg_lab.reset()
-        _close_django_connections()
-    yield pg_lab
-    if pg_lab.dirty:
-        _close_django_connections()
-        pg_lab.reset()
+    yield from _for_one_test(pg_lab)
 
 
 @pytest.fixture
@@ -154,3 +177,20 @@ def pg_blackhole() -> Iterator[Blackhole]:
 
     with Blackhole() as hole:
         yield hole
+
+
+@pytest.fixture(scope="session")
+def pg_patroni(request: pytest.FixtureRequest) -> Iterator[PatroniCluster]:
+    from .errors import LabError
+    from .patroni import PatroniCluster
+
+    # One installation only: a Patroni cluster costs more than a plain one.
+    installs = _installs(request.config)
+    if isinstance(installs, str):
+        raise LabError(installs)
+    yield from _for_the_session(lambda: PatroniCluster.create(install=installs[0]))
+
+
+@pytest.fixture
+def patroni_cluster(pg_patroni: PatroniCluster) -> Iterator[PatroniCluster]:
+    yield from _for_one_test(pg_patroni)

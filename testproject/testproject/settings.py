@@ -18,11 +18,11 @@ import django_pg_failover
 
 def lab_url() -> str:
     """The URL of the lab in the default folder, for when DATABASE_URL is not set."""
-    from django_pg_failover.lab import Cluster, LabError
-    from django_pg_failover.lab.cluster import default_lab_dir
+    from django_pg_failover.lab import LabError, load_lab
+    from django_pg_failover.lab.common import default_lab_dir
 
-    try:
-        return Cluster.load(default_lab_dir()).database_url()
+    try:  # either kind of lab: python -m django_pg_failover.lab start [--patroni]
+        return load_lab(default_lab_dir()).database_url()
     except LabError as exc:
         raise ImproperlyConfigured(
             f"{exc}. Set DATABASE_URL (e.g. 'postgresql://app:secret@db1,db2:5433/app'), "

@@ -1,4 +1,4 @@
-"""Request-like units of work for the failover tests: what a Django view does."""
+"""Request-like write loops for the failover tests (in_request: tests/load.py)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from django.core.signals import request_finished, request_started
 from django.db import Error, connections
 
 from shop.models import Order
-
-
-def in_request(work: Callable[[], Any]) -> Any:
-    """Run ``work`` the way Django's handler runs a view: between the request signals."""
-    request_started.send(sender=None)
-    try:
-        return work()
-    finally:
-        request_finished.send(sender=None)
+from tests.load import in_request
 
 
 def create(alias: str, key: str | None = None) -> str:

@@ -1,11 +1,14 @@
 """Benchmark django_pg_failover against Django's stock PostgreSQL backend on a real lab.
 
     python -m tests.benchmarks [--rounds 15] [--pg-version 18] [--variants psycopg2,psycopg]
+                               [--no-patroni | --only-patroni]
 
 One lab; for each driver variant (psycopg2, psycopg 3, psycopg 3 with Django's
 pool) a process of its own runs every scenario with both backends side by side
 on that driver (Django picks one driver per process). Times are compared as
 ratios (ours / stock), never quoted alone: loopback timings here are noisy.
+A Patroni cluster then lives through Patroni's own failover (the leader's
+node killed) with both backends under load (tests/benchmarks/patroni.py).
 Prints a table per variant, then one JSON line.
 """
 
@@ -16,11 +19,13 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from django_pg_failover.lab import Cluster, find_install
 
 from . import django_setup
+from .patroni import print_patroni
 
 ROOT = Path(__file__).resolve().parents[2]
 HIDDEN_PSYCOPG = ROOT / "tests" / "hidden_psycopg"
@@ -29,18 +34,16 @@ VARIANTS = ("psycopg2", "psycopg", "psycopg+pool")
 
 def child(variant: str, *args: str) -> dict:
     """Run ``tests.benchmarks.run`` for one variant; its JSON result."""
+    command = [sys.executable, "-m", "tests.benchmarks.run", "--variant", variant, *args]
+    return child_json(command, hide_psycopg=variant == "psycopg2")
+
+
+def child_json(command: list[str], hide_psycopg: bool = False) -> dict:
     path = [str(ROOT)]
-    if variant == "psycopg2":
+    if hide_psycopg:
         path.insert(0, str(HIDDEN_PSYCOPG))  # Django then picks psycopg2
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.benchmarks.run", "--variant", variant, *args],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        check=True,
-    )
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -72,14 +75,18 @@ def main() -> int:
     parser.add_argument("--frozen-seconds", type=float, default=60.0)
     parser.add_argument("--stampede", type=int, default=200)
     parser.add_argument("--outage", type=float, default=3.0)
+    patroni = parser.add_mutually_exclusive_group()
+    patroni.add_argument("--no-patroni", action="store_true", help="skip the Patroni scenario")
+    patroni.add_argument("--only-patroni", action="store_true", help="the Patroni scenario only")
     args = parser.parse_args()
-    variants = [v for v in args.variants.split(",") if v]
+    variants = [] if args.only_patroni else [v for v in args.variants.split(",") if v]
 
     install = find_install(args.pg_version)
     print(f"PostgreSQL {install.major} ({install.source}); building the lab...", flush=True)
     results: dict[str, dict] = {}
-    with Cluster.create(install=install) as cluster:
-        prepare(cluster)
+    with Cluster.create(install=install) if variants else nullcontext() as cluster:
+        if variants:
+            prepare(cluster)
         common = [
             "--lab", str(cluster.root),
             "--rounds", str(args.rounds),
@@ -96,9 +103,17 @@ def main() -> int:
                    for side in ("stock", "ours")}  # fmt: skip
             results[variant]["rss"] = {**rss, "ratio": rss["ours"] / rss["stock"]}
             cluster.reset()
+    patroni_result = None
+    if not args.no_patroni:
+        print("patroni:", flush=True)
+        patroni_result = child_json(
+            [sys.executable, "-m", "tests.benchmarks.patroni", "--pg-version", str(install.major)]
+        )
     for variant, result in results.items():
         print_table(variant, result)
-    print(json.dumps({"postgresql": install.major, **results}))
+    if patroni_result is not None:
+        print_patroni(patroni_result)
+    print(json.dumps({"postgresql": install.major, **results, "patroni": patroni_result}))
     return 0
 
 

@@ -1,6 +1,8 @@
 """Chaos soak: seeded, mixed faults under load; no acknowledged write lost, nothing run twice.
 
-A bounded run (at least one of each fault) is part of the suite; run longer with
+Two variants: the lab's own failovers, and Patroni's on a Patroni cluster. A
+bounded run of each (at least one of each fault; for Patroni one dead leader,
+whose failover waits out the ttl) is part of the suite; run longer with
 ``pytest tests/soak --soak-seconds 600``, and replay a run with ``--soak-seed N``.
 """
 
@@ -10,6 +12,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -18,8 +21,9 @@ from django.core.signals import request_finished, request_started
 from django.db import Error, IntegrityError, connections, transaction
 from django.db.models import F
 
-from django_pg_failover.lab import Cluster, State
+from django_pg_failover.lab import Cluster, Node, PatroniCluster, State
 from shop.models import Account, Order
+from tests.aliases import add_alias, remove_alias
 from tests.markers import needs_pool
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(900)]
@@ -28,6 +32,15 @@ WORKERS = 8
 ACCOUNTS = [f"acct{i}" for i in range(10)]
 OPENING_BALANCE = 1000
 FAULTS = ("crash_primary", "hang_primary", "switchover", "crash_standby", "crash_in_atomic")
+PATRONI_BOUNDED = (
+    "kill_postmaster",
+    "switchover",
+    "failover",
+    "kill_replica",
+    "postmaster_in_atomic",
+    "kill_leader_node",
+)
+PATRONI_FAULTS = (*PATRONI_BOUNDED, "freeze_leader")
 # A unit may wait out a failover (retry_timeout) but must never hang past this.
 UNIT_BOUND = 45.0
 
@@ -151,6 +164,27 @@ class Workload:
             later = [done for began, done in self.writes if began > moment]
         return min(later) if later else None
 
+    def recovery_after(self, moment: float, fault: str) -> float:
+        """Seconds from ``moment`` until a write that began after it was acknowledged."""
+        deadline = time.monotonic() + 60
+        while (recovered := self.first_write_after(moment)) is None:
+            assert time.monotonic() < deadline, f"no write succeeded after {fault}"
+            time.sleep(0.05)
+        return recovered - moment
+
+    def fault_inside_atomic(self, fault: Callable[[], object]) -> tuple[float, dict]:
+        """Hold a worker inside an atomic block while ``fault`` runs; (when it hit, outcome)."""
+        self.atomic_done.clear()
+        self.atomic_inside.clear()
+        self.atomic_proceed.clear()
+        self.atomic_wanted.set()
+        assert self.atomic_inside.wait(30), "no worker entered the atomic block"
+        started = time.monotonic()
+        fault()
+        self.atomic_proceed.set()
+        assert self.atomic_done.wait(UNIT_BOUND)
+        return started, dict(self.atomic_outcome)
+
 
 class FaultDriver:
     def __init__(self, cluster: Cluster, load: Workload, rng: random.Random) -> None:
@@ -184,68 +218,107 @@ class FaultDriver:
             time.sleep(delay)
             cluster.start(standby)
         elif fault == "crash_in_atomic":
-            self.load.atomic_done.clear()
-            self.load.atomic_inside.clear()
-            self.load.atomic_proceed.clear()
-            self.load.atomic_wanted.set()
-            assert self.load.atomic_inside.wait(30), "no worker entered the atomic block"
-            started = time.monotonic()
             old = cluster.primary
-            cluster.failover("crash", promote_delay=delay)
-            self.load.atomic_proceed.set()
-            assert self.load.atomic_done.wait(UNIT_BOUND)
-            self.atomic_checks.append(dict(self.load.atomic_outcome))
+            started, outcome = self.load.fault_inside_atomic(
+                lambda: cluster.failover("crash", promote_delay=delay)
+            )
+            self.atomic_checks.append(outcome)
             cluster.rejoin(old)
-        deadline = time.monotonic() + 60
-        while (recovered := self.load.first_write_after(started)) is None:
-            assert time.monotonic() < deadline, f"no write succeeded after {fault}"
-            time.sleep(0.05)
-        self.recoveries.append((fault, recovered - started))
+        self.recoveries.append((fault, self.load.recovery_after(started, fault)))
 
 
-@pytest.mark.parametrize("pool", [False, pytest.param(True, marks=needs_pool)], ids=["", "pool"])
-def test_chaos_soak(request, cluster: Cluster, pg_cluster_factory, make_alias, pool) -> None:
-    seed = request.config.getoption("--soak-seed") or random.SystemRandom().randrange(10**6)
-    soak_seconds = request.config.getoption("--soak-seconds")
-    print(f"\nsoak seed: {seed} (replay with --soak-seed {seed})")
-    rng = random.Random(seed)
+class PatroniFaultDriver:
+    """Faults on a Patroni cluster; Patroni alone decides who leads after each."""
 
-    lab = pg_cluster_factory(standbys=2, synchronous=True)
-    alias = make_alias(
-        lab=lab,
-        OPTIONS={
-            "connect_timeout": 2,
-            "failover": {"retry_timeout": 30, "backoff_max": 0.25},
-            **({"pool": {"min_size": 4, "max_size": WORKERS}} if pool else {}),
-        },
-    )
-    call_command("migrate", database=alias, verbosity=0)
+    def __init__(self, cluster: PatroniCluster, load: Workload, rng: random.Random) -> None:
+        self.cluster, self.load, self.rng = cluster, load, rng
+        self.recoveries: list[tuple[str, float]] = []
+        self.atomic_checks: list[dict] = []
+
+    def inject(self, fault: str) -> None:
+        cluster = self.cluster
+        leader = cluster.heal(timeout=120)
+        replica = self.rng.choice([m for m in cluster.members if m is not leader])
+        started = time.monotonic()  # the fault hits within milliseconds of this
+        if fault == "kill_postmaster":
+            cluster.kill_postmaster(leader)
+        elif fault in ("switchover", "failover"):
+            getattr(cluster, fault)()
+        elif fault == "kill_replica":
+            cluster.kill_node(replica)
+            time.sleep(self.rng.uniform(0.3, 1.5))  # how long the machine stays down
+            cluster.rejoin(replica)
+        elif fault == "kill_leader_node":
+            cluster.kill_node(leader)
+            cluster.wait_leader(other_than=leader, timeout=cluster.ttl * 3)
+            cluster.rejoin(leader)
+        elif fault == "freeze_leader":
+            cluster.freeze(leader)
+            try:
+                cluster.wait_leader(other_than=leader, timeout=cluster.ttl * 3)
+            finally:
+                cluster.thaw(leader)
+        elif fault == "postmaster_in_atomic":
+            started, outcome = self.load.fault_inside_atomic(
+                lambda: cluster.kill_postmaster(leader)
+            )
+            self.atomic_checks.append(outcome)
+        self.recoveries.append((fault, self.load.recovery_after(started, fault)))
+
+
+def open_accounts(alias: str) -> None:
+    Account.objects.using(alias).all().delete()
     Account.objects.using(alias).bulk_create(
         Account(name=name, balance=OPENING_BALANCE) for name in ACCOUNTS
     )
     connections[alias].close()
 
-    load = Workload(alias, seed)
-    driver = FaultDriver(lab, load, rng)
+
+def seeded(request) -> tuple[int, random.Random, float]:
+    seed = request.config.getoption("--soak-seed") or random.SystemRandom().randrange(10**6)
+    print(f"\nsoak seed: {seed} (replay with --soak-seed {seed})")
+    return seed, random.Random(seed), request.config.getoption("--soak-seconds")
+
+
+def soak(
+    load: Workload,
+    driver: FaultDriver | PatroniFaultDriver,
+    plan: list[str],
+    faults: tuple[str, ...],
+    rng: random.Random,
+    seconds: float,
+) -> list[str]:
+    """Run the workload through ``plan`` (shuffled), then random ``faults`` while time remains.
+
+    Returns the workers that did not stop.
+    """
     threads = [threading.Thread(target=load.worker, args=(n,)) for n in range(WORKERS)]
     for thread in threads:
         thread.start()
-    plan = list(FAULTS)
-    rng.shuffle(plan)  # every kind once, then at random while time remains
+    plan = list(plan)
+    rng.shuffle(plan)
     began = time.monotonic()
     try:
         time.sleep(1.0)
-        while plan or time.monotonic() - began < soak_seconds:
-            driver.inject(plan.pop() if plan else rng.choice(FAULTS))
+        while plan or time.monotonic() - began < seconds:
+            driver.inject(plan.pop() if plan else rng.choice(faults))
             time.sleep(rng.uniform(0.5, 1.5))
     finally:
         load.stop.set()
         for thread in threads:
             thread.join(UNIT_BOUND + 30)
-    stuck = [t.name for t in threads if t.is_alive()]
+    return [t.name for t in threads if t.is_alive()]
 
-    driver.healthy()
-    final = lab.primary
+
+def check(
+    load: Workload,
+    driver: FaultDriver | PatroniFaultDriver,
+    final: Node,
+    seed: int,
+    stuck: list[str],
+    planned: int,
+) -> None:
+    """No acknowledged write lost, nothing rolled back present, nothing run twice."""
     keys = {row[0] for row in final.query("SELECT key FROM shop_order", dbname="app")}
     balance = final.scalar("SELECT sum(balance) FROM shop_account", dbname="app")
     lost = load.acknowledged - keys
@@ -264,10 +337,10 @@ def test_chaos_soak(request, cluster: Cluster, pg_cluster_factory, make_alias, p
         "worst recovery (s)": round(max(r for _, r in driver.recoveries), 2),
         "longest unit (s)": round(load.longest_unit, 2),
     }
-    print("soak report:", {"pool": pool, **report})
+    print("soak report:", report)
 
     assert stuck == []
-    assert len(driver.recoveries) >= len(FAULTS)
+    assert len(driver.recoveries) >= planned
     assert lost == set()
     assert resurrected == set()
     assert atomic_leaks == []
@@ -277,3 +350,54 @@ def test_chaos_soak(request, cluster: Cluster, pg_cluster_factory, make_alias, p
     assert balance == OPENING_BALANCE * len(ACCOUNTS)  # transfers are all-or-nothing
     assert load.longest_unit < UNIT_BOUND
     assert load.acknowledged  # the workload did run
+
+
+@pytest.mark.parametrize("pool", [False, pytest.param(True, marks=needs_pool)], ids=["", "pool"])
+def test_chaos_soak(request, cluster: Cluster, pg_cluster_factory, make_alias, pool) -> None:
+    seed, rng, seconds = seeded(request)
+    lab = pg_cluster_factory(standbys=2, synchronous=True)
+    alias = make_alias(
+        lab=lab,
+        OPTIONS={
+            "connect_timeout": 2,
+            "failover": {"retry_timeout": 30, "backoff_max": 0.25},
+            **({"pool": {"min_size": 4, "max_size": WORKERS}} if pool else {}),
+        },
+    )
+    call_command("migrate", database=alias, verbosity=0)
+    open_accounts(alias)
+
+    load = Workload(alias, seed)
+    driver = FaultDriver(lab, load, rng)
+    stuck = soak(load, driver, list(FAULTS), FAULTS, rng, seconds)  # every kind at least once
+    driver.healthy()
+    check(load, driver, lab.primary, seed, stuck, planned=len(FAULTS))
+
+
+def test_chaos_soak_patroni(request, patroni_lab: PatroniCluster) -> None:
+    """The same workload on a Patroni cluster in synchronous mode, Patroni's own failovers."""
+    seed, rng, seconds = seeded(request)
+    patroni_lab.set_synchronous(True)
+    alias = add_alias(
+        patroni_lab.django_database(
+            OPTIONS={
+                "connect_timeout": 2,
+                # Longer than a dead leader's ttl + loop_wait, with a margin.
+                "failover": {
+                    "retry_timeout": patroni_lab.ttl + patroni_lab.loop_wait + 9,
+                    "backoff_max": 0.25,
+                },
+            }
+        )
+    )
+    try:
+        open_accounts(alias)
+        load = Workload(alias, seed)
+        driver = PatroniFaultDriver(patroni_lab, load, rng)
+        # In a bounded run every fast fault once and one dead leader (the ttl,
+        # 20 s); longer runs draw from all of them, the frozen leader too.
+        stuck = soak(load, driver, list(PATRONI_BOUNDED), PATRONI_FAULTS, rng, seconds)
+        final = patroni_lab.heal()
+        check(load, driver, final.pg, seed, stuck, planned=len(PATRONI_BOUNDED))
+    finally:
+        remove_alias(alias)
