@@ -95,6 +95,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.server: Host | None = None
         #: The open connection's socket (a stalled call is woken through it).
         self.server_fd: int | None = None
+        #: stall_timeout for the open connection (None: not watched), read per call.
+        self.connected_stall_timeout: float | None = None
         self._settings_key: str | None = None
         self._settings: FailoverSettings | None = None
         self._connector: Connector | None = None
@@ -135,10 +137,6 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         return self.failover_settings.target_session_attrs
 
     @property
-    def stall_timeout(self) -> float | None:
-        return self.failover_settings.policy.stall_timeout
-
-    @property
     def connector(self) -> Connector:
         settings = self.failover_settings
         if self._connector is None:
@@ -174,6 +172,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
         @property
         def pool(self) -> Any:
+            pool = self._connection_pools.get(self.alias)
+            if pool is not None:  # read several times per connect: the short way first
+                return pool
             options = self.settings_dict["OPTIONS"]
             # Read here before anything connects: name the alias, not an AttributeError.
             if not isinstance(options, Mapping):
@@ -201,8 +202,11 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         connection = super().get_new_connection(conn_params)
         self.server = Host(*driver.landed_on(connection))
         self.server_fd = driver.socket_fd(connection)
+        # Django's connect() has just validated the settings (get_connection_params()).
+        policy = (self._settings or self.failover_settings).policy
+        self.connected_stall_timeout = policy.stall_timeout if self.server_fd is not None else None
         self.lost_error = None
-        self.reads.connected(self.failover_policy.retry_reads)
+        self.reads.connected(policy.retry_reads)
         return connection
 
     # -- losing a connection ----------------------------------------------------

@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .background import workers
@@ -43,21 +42,26 @@ _TICK = 0.25
 _IDLE_EXIT = 60.0
 
 
-@dataclass(eq=False)
 class Call:
-    """One call in flight on one connection."""
+    """One call in flight on one connection (slots: one is made per call)."""
 
-    wrapper: DatabaseWrapper
-    host: Host
-    fd: int
-    stall_timeout: float
-    started: float
-    #: When the watchdog next looks at it (after a liveness check, later again).
-    due: float
-    checking: bool = False
-    #: Why the watchdog gave the call up (None while it has not).
-    given_up: str | None = None
-    depth: int = field(default=1)
+    __slots__ = ("checking", "depth", "due", "fd", "given_up", "host", "stall_timeout", "started",
+                 "wrapper")  # fmt: skip
+
+    def __init__(
+        self, wrapper: DatabaseWrapper, host: Host, fd: int, stall_timeout: float, now: float
+    ) -> None:
+        self.wrapper = wrapper
+        self.host = host
+        self.fd = fd
+        self.stall_timeout = stall_timeout
+        self.started = now
+        #: When the watchdog next looks at it (after a liveness check, later again).
+        self.due = now + stall_timeout
+        self.checking = False
+        #: Why the watchdog gave the call up (None while it has not).
+        self.given_up: str | None = None
+        self.depth = 1
 
 
 class StallWatch:
@@ -78,17 +82,17 @@ class StallWatch:
     # -- the calling thread (the healthy path: keep it cheap) --------------------------
 
     def enter(self, wrapper: DatabaseWrapper) -> None:
+        # Read from the connection, set when it opened: settings are not parsed here.
+        stall_timeout = wrapper.connected_stall_timeout
+        if stall_timeout is None or wrapper.connection is None:
+            return
         key = id(wrapper)
         call = self._calls.get(key)
         if call is not None:  # a call inside a call (an error wrapper nested)
             call.depth += 1
             return
-        stall_timeout = wrapper.stall_timeout
-        if stall_timeout is None or wrapper.connection is None or wrapper.server_fd is None:
-            return
-        now = time.monotonic()
         self._calls[key] = Call(
-            wrapper, wrapper.server, wrapper.server_fd, stall_timeout, now, now + stall_timeout
+            wrapper, wrapper.server, wrapper.server_fd, stall_timeout, time.monotonic()
         )
         if self._thread is None:
             self._start()

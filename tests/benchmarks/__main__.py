@@ -192,6 +192,7 @@ def print_table(variant: str, r: dict) -> None:
             f"failed {s['failed']}",
         )
         row("  all served within (s) of the promotion", None, s["all_served_within_s"])
+        row(f"  {s['threads']} connects at once, the driver alone (s)", None, s["driver_alone_s"])
         row("  sessions opened while waiting, per host per second", None, s["per_host_per_second"])
     rss = r["rss"]
     row("peak RSS (MiB)", rss["stock"], rss["ours"], f"{rss['ratio']:.3f}")

@@ -313,8 +313,14 @@ def stampede(cluster: Cluster, threads: int, outage: float) -> dict:
     """``threads`` requests wait through an outage of ``outage`` seconds: the servers' cost."""
     from django.db import connections
 
+    from django_pg_failover.status import host_status
+
     cluster.reset()
     django_setup.set_alias("ours", django_setup.ours(cluster, retry_timeout=30))
+    # A process that was serving: it knows the primary (and nothing of the standbys).
+    host_status.clear()
+    connections["ours"].ensure_connection()
+    connections["ours"].close()
     standbys = cluster.standbys
 
     def sessions(node) -> int:
@@ -356,7 +362,45 @@ def stampede(cluster: Cluster, threads: int, outage: float) -> dict:
         "served": len(served),
         "failed": len(failed),
         "all_served_within_s": (max(served) - promoted) if served else None,
+        # The same number of threads opening a connection at once with the driver alone:
+        # what the machine allows (TCP, a backend forked, SCRAM on both sides).
+        "driver_alone_s": connect_storm(new, threads),
         "sessions_while_waiting": opened,
         "per_host_per_second": opened / len(standbys) / waited,
         "new_primary": new.name,
     }
+
+
+def connect_storm(node, threads: int) -> float:
+    """Seconds for ``threads`` threads to each open a connection to ``node`` at once."""
+    from django.db import connections
+
+    from django_pg_failover.drivers import get_driver
+
+    driver = get_driver()
+    settings = connections["ours"].settings_dict
+    params = {
+        "host": "127.0.0.1",
+        "port": node.port,
+        "dbname": settings["NAME"],
+        "user": settings["USER"],
+        "password": settings["PASSWORD"],
+    }
+    go = threading.Event()
+    opened: list = []
+
+    def connect() -> None:
+        go.wait()
+        opened.append(driver.connect(params))
+
+    workers = [threading.Thread(target=connect) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    started = time.monotonic()
+    go.set()
+    for worker in workers:
+        worker.join(60)
+    elapsed = time.monotonic() - started
+    for connection in opened:
+        driver.close_quietly(connection)
+    return elapsed
