@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -80,6 +81,9 @@ class _Walk:
     failures: list[HostFailure]
     #: Another thread was already searching the list: this one should wait for it.
     deferred: bool = False
+    #: This thread searched and found nothing: it still leads the search, until it
+    #: hands it to the watcher (or gives up).
+    searching: Watcher | None = None
 
 
 def server_role(driver: Driver, connection: Any) -> Role | None:
@@ -234,8 +238,10 @@ class Connector:
 
         start_next()
         try:
-            while in_flight and winner is None and not deferred:
-                overtake = bool(pending) and len(in_flight) < MAX_IN_FLIGHT
+            # Deferred (another thread searches), the attempts in flight still count:
+            # only no new one starts.
+            while in_flight and winner is None:
+                overtake = bool(pending) and len(in_flight) < MAX_IN_FLIGHT and not deferred
                 done, _ = wait(
                     in_flight,
                     timeout=self.attempt_delay if overtake else None,
@@ -261,7 +267,7 @@ class Connector:
                         failures[host] = HostFailure(
                             host, wrong_role_reason(target, result.role), None
                         )
-                    if pending:  # a host that answered at once: the next one now
+                    if pending and not deferred:  # a host that answered at once: the next one
                         start_next()
         finally:
             for future, host in in_flight.items():
@@ -274,10 +280,14 @@ class Connector:
                 winner = fallback
             elif fallback is not None:
                 self.driver.close_quietly(fallback.connection)
+            searching = None
             if leader is not None:
                 hopeless = len(failures) == len(hosts) and all(f.final for f in failures.values())
-                leader.done_leading(found=winner is not None, hopeless=hopeless)
-        return _Walk(winner, [failures[h] for h in hosts if h in failures], deferred)
+                if winner is not None or hopeless or sys.exc_info()[0] is not None:
+                    leader.done_leading(found=winner is not None, hopeless=hopeless)
+                else:  # the search goes on: the caller hands it to the watcher
+                    searching = leader
+        return _Walk(winner, [failures[h] for h in hosts if h in failures], deferred, searching)
 
     # -- until a deadline -----------------------------------------------------------------
 
@@ -335,6 +345,13 @@ class Connector:
                 # watcher after it) finds.
                 watcher.wait(_until(deadline))
                 continue
+            if walk.searching is not None and (
+                len(refused) == len(self.hosts)
+                or time.monotonic() >= deadline
+                or not keep_waiting()
+            ):
+                # Giving up: the followers see for themselves.
+                walk.searching.done_leading(found=False, hopeless=True)
             if len(refused) == len(self.hosts):
                 self.refused_for_good = True
                 logger.error(
@@ -363,7 +380,7 @@ class Connector:
                 )
             # One watcher per process looks for a server on behalf of every waiting
             # thread; the last try lands on the deadline.
-            watcher.wait(_until(deadline))
+            watcher.wait(_until(deadline), hand_over=walk.searching is not None)
 
     def ordered_hosts(self) -> tuple[Host, ...]:
         if self.policy.host_recheck > 0:

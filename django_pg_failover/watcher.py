@@ -102,9 +102,15 @@ class Watcher:
 
     # -- waiters ------------------------------------------------------------------
 
-    def wait(self, deadline: float) -> bool:
-        """Sleep until a suitable server answers (True) or ``deadline`` (False)."""
+    def wait(self, deadline: float, hand_over: bool = False) -> bool:
+        """Sleep until a suitable server answers (True) or ``deadline`` (False).
+
+        ``hand_over``: the caller led a search that found nothing; the watcher
+        takes it over in the same step, so that no other thread starts another.
+        """
         with self._condition:
+            if hand_over:
+                self._leading = False
             generation = self._generation
             self._waiters += 1
             if self._thread is None:
@@ -247,9 +253,12 @@ def watcher_for(connector: Connector, params: Mapping[str, Any]) -> Watcher:
 
 
 def active_watcher(connector: Connector, params: Mapping[str, Any]) -> Watcher | None:
-    """A watcher still looking for a suitable server for this host list, if any."""
+    """The watcher of this host list if a search is under way (a thread walking the list
+    past its first host, or the watcher itself): a new connect waits for it."""
     watcher = _watchers.get(watcher_key(connector, params))
-    if watcher is not None and watcher._thread is not None and watcher.searching:
+    if watcher is not None and (
+        watcher._leading or (watcher._thread is not None and watcher.searching)
+    ):
         return watcher
     return None
 
