@@ -134,7 +134,7 @@ def test_crash_kills_every_process_and_leaves_no_shared_memory(pg_cluster: Clust
     # Dynamic segments live in the data folder (never in /dev/shm, where other
     # servers of the machine keep theirs), and go away with it.
     assert node.scalar("SHOW dynamic_shared_memory_type") == "mmap"
-    shmid = node._shared_memory_id()
+    shmid = node.shared_memory_id()
     assert shmid is not None
     assert shmid in system_v_segments()
     with closing(node.connect()):  # a backend that must die too
