@@ -36,7 +36,7 @@ from .policy import FailoverPolicy
 from .status import host_status
 from .targets import Role, accepts_fallback, role_from, suits
 from .verdicts import Verdict, connect_verdict, server_message
-from .watcher import Watcher, active_watcher, forget_failures, watcher_for
+from .watcher import Watcher, active_search, forget_failures, watcher_for
 
 logger = logging.getLogger("django_pg_failover")
 
@@ -79,11 +79,16 @@ class Landing:
 class _Walk:
     landing: Landing | None
     failures: list[HostFailure]
-    #: Another thread was already searching the list: this one should wait for it.
-    deferred: bool = False
     #: This thread searched and found nothing: it still leads the search, until it
     #: hands it to the watcher (or gives up).
     searching: Watcher | None = None
+    #: Another thread was already searching the list, and this one deferred to it:
+    #: completes when that search ends.
+    search_end: Future | None = None
+
+    @property
+    def deferred(self) -> bool:
+        return self.search_end is not None
 
 
 def server_role(driver: Driver, connection: Any) -> Role | None:
@@ -222,14 +227,14 @@ class Connector:
         winner: Landing | None = None
         overtaken: set[Host] = set()
         leader: Watcher | None = None
-        deferred = False
+        search_end: Future | None = None  # deferred to another thread's search
 
         def start_next() -> bool:
-            nonlocal leader, deferred
+            nonlocal leader, search_end
             if coordinator is not None and leader is None and (in_flight or failures or fallback):
                 watcher = coordinator()
-                if not watcher.lead():
-                    deferred = True
+                search_end = watcher.join_search()
+                if search_end is not None:
                     return False
                 leader = watcher
             host = pending.popleft()
@@ -238,15 +243,21 @@ class Connector:
 
         start_next()
         try:
-            # Deferred (another thread searches), the attempts in flight still count:
-            # only no new one starts.
+            # Deferred (another thread searches), the attempts in flight still count
+            # (no new one starts), until that search ends: then the caller connects
+            # to what it found, and a silent host in flight is not waited for.
             while in_flight and winner is None:
-                overtake = bool(pending) and len(in_flight) < MAX_IN_FLIGHT and not deferred
+                if search_end is not None and search_end.done():
+                    break
+                overtake = bool(pending) and len(in_flight) < MAX_IN_FLIGHT and search_end is None
                 done, _ = wait(
-                    in_flight,
+                    [*in_flight, search_end] if search_end is not None else in_flight,
                     timeout=self.attempt_delay if overtake else None,
                     return_when=FIRST_COMPLETED,
                 )
+                done.discard(search_end)
+                if search_end is not None and search_end.done():
+                    continue
                 if not done:  # every attempt in flight is slow: try the next host beside
                     overtaken.update(in_flight.values())
                     start_next()
@@ -267,7 +278,7 @@ class Connector:
                         failures[host] = HostFailure(
                             host, wrong_role_reason(target, result.role), None
                         )
-                    if pending and not deferred:  # a host that answered at once: the next one
+                    if pending and search_end is None:  # a host that answered at once: the next
                         start_next()
         finally:
             for future, host in in_flight.items():
@@ -287,7 +298,8 @@ class Connector:
                     leader.done_leading(found=winner is not None, hopeless=hopeless)
                 else:  # the search goes on: the caller hands it to the watcher
                     searching = leader
-        return _Walk(winner, [failures[h] for h in hosts if h in failures], deferred, searching)
+        failed = [failures[h] for h in hosts if h in failures]
+        return _Walk(winner, failed, searching, search_end)
 
     # -- until a deadline -----------------------------------------------------------------
 
@@ -311,11 +323,12 @@ class Connector:
             deadline = started + policy.retry_timeout
         refused: dict[Host, HostFailure] = {}
         passes = 0
-        searching = active_watcher(self, params)
-        if searching is not None:
-            # A failover is under way: no use trying before the watcher finds a server.
+        search = active_search(self, params)
+        if search is not None:
+            # A failover is under way: no use trying before the search finds a server.
             logger.debug("database alias %r: waiting for the search under way", self.alias)
-            searching.wait(_until(deadline))
+            searching, search_end = search
+            searching.wait(_until(deadline), change=search_end)
         while True:
             passes += 1
             candidates = [h for h in self.ordered_hosts() if h not in refused]
@@ -343,7 +356,7 @@ class Connector:
             if walk.deferred and time.monotonic() < deadline and keep_waiting():
                 # Another thread searches the list: wait for what it (or the
                 # watcher after it) finds.
-                watcher.wait(_until(deadline))
+                watcher.wait(_until(deadline), change=walk.search_end)
                 continue
             if walk.searching is not None and (
                 len(refused) == len(self.hosts)

@@ -65,8 +65,9 @@ class Watcher:
         self.params = dict(params)
         self._condition = threading.Condition()
         self._waiters = 0
-        #: Bumped each time a suitable server answers: waiters wake on a change.
-        self._generation = 0
+        #: Completed, and replaced, each time a search ends with a server found (or
+        #: with every host refusing): waiters wait for the one current when they came.
+        self._changed: Future = Future()
         self._thread: threading.Thread | None = None
         #: No suitable server seen since the watcher started (arrivals wait at once).
         self.searching = True
@@ -82,14 +83,25 @@ class Watcher:
 
     # -- threads that walk the list ------------------------------------------------
 
-    def lead(self) -> bool:
-        """May this thread search the host list? False: another one already does
-        (a walk, or this watcher): wait for what it finds."""
+    def join_search(self) -> Future | None:
+        """None: this thread now leads the search of the host list. Otherwise a
+        search is under way (another thread's walk, or this watcher): the future
+        completes when it has found a server or given up."""
         with self._condition:
-            if self._leading or (self._thread is not None and self.searching):
-                return False
-            self._leading = True
-            return True
+            change = self._search_under_way()
+            if change is None:
+                self._leading = True
+            return change
+
+    def search_under_way(self) -> Future | None:
+        """The future that completes when the search under way ends; None if none is."""
+        with self._condition:
+            return self._search_under_way()
+
+    def _search_under_way(self) -> Future | None:
+        if self._leading or (self._thread is not None and self.searching):
+            return self._changed
+        return None
 
     def done_leading(self, found: bool, hopeless: bool = False) -> None:
         """The search ended: followers connect now (found), or see the refusals for
@@ -97,21 +109,29 @@ class Watcher:
         with self._condition:
             self._leading = False
             if found or hopeless:
-                self._generation += 1
-                self._condition.notify_all()
+                self._announce()
+
+    def _announce(self) -> None:
+        """Wake every waiter (the condition held)."""
+        changed, self._changed = self._changed, Future()
+        changed.set_result(None)
+        self._condition.notify_all()
 
     # -- waiters ------------------------------------------------------------------
 
-    def wait(self, deadline: float, hand_over: bool = False) -> bool:
+    def wait(self, deadline: float, hand_over: bool = False, change: Future | None = None) -> bool:
         """Sleep until a suitable server answers (True) or ``deadline`` (False).
 
         ``hand_over``: the caller led a search that found nothing; the watcher
         takes it over in the same step, so that no other thread starts another.
+        ``change``: the search to wait for, as :meth:`join_search` gave it (an
+        end that came since then is not missed); by default, the next one.
         """
         with self._condition:
             if hand_over:
                 self._leading = False
-            generation = self._generation
+            if change is None:
+                change = self._changed
             self._waiters += 1
             if self._thread is None:
                 self.searching = True
@@ -120,7 +140,7 @@ class Watcher:
                 )
                 self._thread.start()
             try:
-                while self._generation == generation:
+                while not change.done():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
@@ -144,8 +164,7 @@ class Watcher:
                 if found is not None:
                     with self._condition:
                         self.searching = False
-                        self._generation += 1
-                        self._condition.notify_all()
+                        self._announce()
                     logger.info(
                         "database alias %r: %s answers as a %s: waking the waiting connections",
                         self.connector.alias,
@@ -252,14 +271,15 @@ def watcher_for(connector: Connector, params: Mapping[str, Any]) -> Watcher:
         return watcher
 
 
-def active_watcher(connector: Connector, params: Mapping[str, Any]) -> Watcher | None:
-    """The watcher of this host list if a search is under way (a thread walking the list
-    past its first host, or the watcher itself): a new connect waits for it."""
+def active_search(connector: Connector, params: Mapping[str, Any]) -> tuple[Watcher, Future] | None:
+    """The watcher of this host list and the end of its search, if one is under way (a
+    thread walking the list past its first host, or the watcher itself): a new connect
+    waits for it."""
     watcher = _watchers.get(watcher_key(connector, params))
-    if watcher is not None and (
-        watcher._leading or (watcher._thread is not None and watcher.searching)
-    ):
-        return watcher
+    if watcher is not None:
+        change = watcher.search_under_way()
+        if change is not None:
+            return watcher, change
     return None
 
 

@@ -133,24 +133,24 @@ def print_table(variant: str, r: dict) -> None:
             name,
             c[stock],
             c[ours],
-            f"{c['ratio']:.3f}  (per round: median {c['median']:.3f}, "
-            f"{c['low']:.2f}-{c['high']:.2f})",
+            f"{c['ratio']:.3f}  (fastest slices {c['best']:.3f}; "
+            f"{c['slices']} pairs, quartiles {c['q1']:.3f}-{c['q3']:.3f})",
         )
 
     print(f"\n{variant} ({r['driver']})")
     row("scenario", "stock", "ours", "ours/stock")
-    timed("ORM get() x2000, one connection, best round (s)", r["orm_get"])
+    timed("ORM get() x100, one connection, median slice (s)", r["orm_get"])
     timed("  the same with retry_reads on", r["orm_get_retry_reads"], ours="ours_reads")
-    timed("1000-row INSERT in atomic, best round (s)", r["bulk_insert"])
+    timed("1000-row INSERT in atomic, median (s)", r["bulk_insert"])
     timed(
         "  retry_reads on / off",
         r["bulk_insert_reads_vs_off"],
         ours="ours_reads",
         stock="ours",
     )
-    timed("connect + SELECT 1 + close x100, best round (s)", r["connect"])
+    timed("connect + SELECT 1 + close x5, median slice (s)", r["connect"])
     if "request_cycle" in r:
-        timed("request cycle x1000, persistent connection (s)", r["request_cycle"])
+        timed("request cycle x50, persistent connection (s)", r["request_cycle"])
         row("  one liveness check of an idle connection (us)", None, r["liveness_check_s"] * 1e6)
     hung = r["hung_first_host"]
     row("hung first host: first connect (s)", hung["first_stock"], hung["first_ours"])

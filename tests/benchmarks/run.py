@@ -16,6 +16,9 @@ from django_pg_failover.lab import Cluster
 from . import django_setup, scenarios
 from .scenarios import SIDES
 
+#: Each round of the steady-state scenarios is this many short slices per side.
+SLICES_PER_ROUND = 20
+
 
 def run(cluster: Cluster, pool: bool, args: argparse.Namespace) -> dict:
     from django.db import connections
@@ -27,27 +30,28 @@ def run(cluster: Cluster, pool: bool, args: argparse.Namespace) -> dict:
     pk = Order.objects.using("ours").get(key="seed").pk
     say = lambda text: print(f"  {text}", file=sys.stderr, flush=True)  # noqa: E731
 
-    say("ORM get() x2000, retry_reads off and on")
-    times = scenarios.time_rounds(
-        {s: scenarios.orm_queries(s, pk, 2000) for s in (*SIDES, "ours_reads")}, args.rounds
+    slices = args.rounds * SLICES_PER_ROUND
+    say("ORM get(), retry_reads off and on")
+    times = scenarios.time_slices(
+        {s: scenarios.orm_queries(s, pk, 100) for s in (*SIDES, "ours_reads")}, slices
     )
     result["orm_get"] = scenarios.compare(times)
     result["orm_get_retry_reads"] = scenarios.compare(times, ours="ours_reads")
     say("1000-row INSERT in an atomic block, retry_reads off and on")
     inserts = {s: scenarios.bulk_insert_in_atomic(s, 1000) for s in (*SIDES, "ours_reads")}
-    times = scenarios.time_rounds(inserts, max(args.rounds // 3, 5))
+    times = scenarios.time_slices(inserts, slices // 4)
     result["bulk_insert"] = scenarios.compare(times)
     result["bulk_insert_reads_vs_off"] = scenarios.compare(times, ours="ours_reads", stock="ours")
-    say("connect + SELECT 1 + close x100")
+    say("connect + SELECT 1 + close")
     result["connect"] = scenarios.compare(
-        scenarios.time_rounds({s: scenarios.connects(s, 100) for s in SIDES}, args.rounds)
+        scenarios.time_slices({s: scenarios.connects(s, 5) for s in SIDES}, slices)
     )
     if not pool:
-        say("request cycle with a persistent connection x1000 (the liveness check)")
+        say("request cycle with a persistent connection (the liveness check)")
         for side, database in (("stock", django_setup.stock), ("ours", django_setup.ours)):
             django_setup.set_alias(side, {**database(cluster), "CONN_MAX_AGE": 600})
         result["request_cycle"] = scenarios.compare(
-            scenarios.time_rounds({s: scenarios.requests(s, pk, 1000) for s in SIDES}, args.rounds)
+            scenarios.time_slices({s: scenarios.requests(s, pk, 50) for s in SIDES}, slices)
         )
         result["liveness_check_s"] = scenarios.liveness_check_cost("ours")
     connections.close_all()

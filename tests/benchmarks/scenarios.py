@@ -1,8 +1,10 @@
 """The benchmark's scenarios: each returns plain numbers for one driver variant.
 
-Steady-state work is timed in many short rounds, the side that runs first
-alternating, and compared as the ratio of each side's best round (as ``timeit``
-reports), with the median and spread of the per-round ratios beside it.
+Steady-state work is timed in many short slices (tens of milliseconds), the
+sides taking turns and the side that runs first alternating, so that a burst of
+the machine's noise falls on both sides of a pair. The ratio reported is the
+median of the pairs' ratios; the ratio of each side's fastest slice (as
+``timeit`` reports) and the spread of the pairs' ratios are given beside it.
 Faults are real (kill -9, SIGSTOP, promotion) and both sides live through the
 same fault at the same time.
 """
@@ -26,10 +28,10 @@ SIDES = ("stock", "ours")
 # -- steady state -----------------------------------------------------------------------
 
 
-def time_rounds(work: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
+def time_slices(work: dict[str, Callable[[], None]], slices: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {side: [] for side in work}
     names = list(work)
-    for n in range(rounds):
+    for n in range(slices):
         for side in names if n % 2 == 0 else names[::-1]:
             started = time.perf_counter()
             work[side]()
@@ -38,14 +40,16 @@ def time_rounds(work: dict[str, Callable[[], None]], rounds: int) -> dict[str, l
 
 
 def compare(times: dict[str, list[float]], ours: str = "ours", stock: str = "stock") -> dict:
-    per_round = [o / s for o, s in zip(times[ours], times[stock], strict=True)]
+    pairs = [o / s for o, s in zip(times[ours], times[stock], strict=True)]
+    quartiles = statistics.quantiles(pairs, n=4)
     return {
-        stock: min(times[stock]),
-        ours: min(times[ours]),
-        "ratio": min(times[ours]) / min(times[stock]),
-        "median": statistics.median(per_round),
-        "low": min(per_round),
-        "high": max(per_round),
+        stock: statistics.median(times[stock]),
+        ours: statistics.median(times[ours]),
+        "ratio": statistics.median(pairs),
+        "best": min(times[ours]) / min(times[stock]),
+        "q1": quartiles[0],
+        "q3": quartiles[2],
+        "slices": len(pairs),
     }
 
 
