@@ -58,10 +58,28 @@ class FailoverErrorWrapper(DatabaseErrorWrapper):
     def __enter__(self) -> None:
         stall_watch.enter(self.wrapper)
 
+    def __call__(self, func: Any) -> Any:
+        # Django wraps cursors' fetches so. A client-side cursor received every row in
+        # execute(): its fetches wait on nothing, and are not watched for a stall.
+        if getattr(getattr(func, "__self__", None), "name", None) is not None:
+            return super().__call__(func)  # a server-side cursor: fetching waits on the server
+
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except BaseException as exc:
+                self._failed(type(exc), exc, exc.__traceback__)
+                raise
+
+        return inner
+
     def __exit__(self, exc_type, exc_value, traceback):
         given_up = stall_watch.leave(self.wrapper)
         if exc_type is None:
             return
+        return self._failed(exc_type, exc_value, traceback, given_up)
+
+    def _failed(self, exc_type, exc_value, traceback, given_up=None):
         loss.on_driver_error(self.wrapper, exc_value)
         if given_up is not None:
             raise OperationalError(

@@ -74,6 +74,8 @@ class StallWatch:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._calls: dict[int, Call] = {}
+        #: Calls the watchdog gave up, until their thread leaves them.
+        self._given_up: dict[int, Call] = {}
         self._thread: threading.Thread | None = None
 
     def after_fork_in_child(self) -> None:
@@ -110,14 +112,14 @@ class StallWatch:
         """The call ended: the record of it, if the watchdog gave it up."""
         key = id(wrapper)
         call = self._calls.get(key)
-        if call is None:
-            return None
-        if call.depth > 1:
+        if call is not None and call.depth > 1:
             call.depth -= 1
             return None
-        with self._lock:
-            self._calls.pop(key, None)
-        return call if call.given_up else None
+        # Whoever takes the call out of the table (dict.pop is atomic), this thread
+        # or the watchdog giving it up, decides how it ends: no lock on this path.
+        if call is not None and self._calls.pop(key, None) is call:
+            return None
+        return self._given_up.pop(key, None)
 
     # -- the watchdog -----------------------------------------------------------------
 
@@ -167,8 +169,9 @@ class StallWatch:
         except Exception as exc:  # a bug must not leave the call unwatched
             problem = None
             logger.exception("database alias %r: liveness check failed: %s", wrapper.alias, exc)
+        key = id(wrapper)
         with self._lock:
-            if self._calls.get(id(wrapper)) is not call:
+            if self._calls.get(key) is not call:
                 return  # the call ended meanwhile
             call.checking = False
             waited = time.monotonic() - call.started
@@ -186,6 +189,11 @@ class StallWatch:
                 f"(stall_timeout={call.stall_timeout:g}s) and a new connection to it failed: "
                 f"{problem}"
             )
+            # Recorded before the call leaves the table: its thread finds it either way.
+            self._given_up[key] = call
+            if self._calls.pop(key, None) is not call:
+                self._given_up.pop(key, None)
+                return  # the call ended meanwhile: its connection is left alone
             _shut_down(call.fd)
         logger.warning("database alias %r: giving up a call: %s", wrapper.alias, call.given_up)
 

@@ -409,3 +409,33 @@ def test_persistent_connections_survive_a_failover_without_health_checks(
     run_loops([*loops, *theirs], fault)
     assert sum(loop.failed_after_crash for loop in loops) == 0
     assert sum(loop.failed_after_crash for loop in theirs) >= 1
+
+
+def test_a_client_side_fetch_is_translated_and_a_server_side_fetch_is_watched(
+    cluster: Cluster, make_alias
+) -> None:
+    """A client-side cursor's fetch waits on nothing (it is not watched for a stall), but
+    its errors are still Django's; a server-side cursor's fetch waits on the server, and
+    is given up when that server froze."""
+    from django.db import ProgrammingError, transaction
+
+    alias = make_alias(OPTIONS=STALL)
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+        cursor.execute("CREATE TEMPORARY TABLE t (x int)")
+        with pytest.raises(ProgrammingError):
+            cursor.fetchone()  # no rows to fetch: the driver's error, translated
+    old = cluster.primary
+    with transaction.atomic(using=alias):
+        cursor = connections[alias].chunked_cursor()  # a named cursor
+        cursor.execute("SELECT g FROM generate_series(1, 3) g")
+        cluster.hang(old)
+        started = time.monotonic()
+        with pytest.raises(OperationalError) as excinfo:
+            cursor.fetchmany(10)  # runs FETCH on the frozen server
+        elapsed = time.monotonic() - started
+        transaction.set_rollback(True, using=alias)
+    cluster.promote()
+    assert elapsed < STALL_BOUND + 0.3
+    assert f"127.0.0.1:{old.port} did not answer for" in str(excinfo.value)
