@@ -128,6 +128,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         #: The connection was lost inside the atomic block still open: until it
         #: exits, nothing connects, and a commit of the block raises.
         self.atomic_block_lost = False
+        #: A COMMIT is in flight: a loss now leaves its outcome unknown.
+        self.committing = False
 
     @cached_property
     def wrap_database_errors(self) -> FailoverErrorWrapper:
@@ -285,6 +287,13 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def commit(self) -> None:
         loss.check_commit(self)
         super().commit()
+
+    def _commit(self) -> None:
+        self.committing = True
+        try:
+            super()._commit()
+        finally:
+            self.committing = False
 
     def rollback(self) -> None:
         self.atomic_block_lost = False  # what the server did already

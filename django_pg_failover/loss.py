@@ -107,6 +107,15 @@ def report_lost(
             # The other idle connections to that server are gone or read-only
             # too: replace them now rather than fail one request each.
             pool.drain()
+    during_commit = wrapper.committing
+    if during_commit:
+        # The server may have committed before the session went, and a
+        # synchronous standby may have the commit too: nobody can tell.
+        consequence = "the COMMIT's outcome is unknown (the transaction may have been committed)"
+    elif in_atomic_block or not wrapper.autocommit:
+        consequence = "the transaction is lost"
+    else:
+        consequence = "the next query reconnects"
     first_line = next(iter(str(exc).strip().splitlines()), "")
     logger.warning(
         "database alias %r: connection to %s %s (%s: %s); %s",
@@ -115,9 +124,7 @@ def report_lost(
         "turned read-only" if demoted_to else "lost",
         type(exc).__name__,
         first_line,
-        "the transaction is lost"
-        if in_atomic_block or not wrapper.autocommit
-        else "the next query reconnects",
+        consequence,
     )
     wrapper.server = None
     signals.connection_lost.send(
@@ -127,6 +134,7 @@ def report_lost(
         port=server.port if server else None,
         error=exc,
         in_atomic_block=in_atomic_block,
+        during_commit=during_commit,
     )
 
 

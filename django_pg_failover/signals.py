@@ -42,5 +42,7 @@ connection_established = Signal()
 #: health check raised; for a connection found dead, or at a pool's checkout
 #: of the wrong role, before use: the driver's error that showed it, or, where
 #: the driver raised none, the driver's ``OperationalError`` saying what was
-#: found) and ``in_atomic_block`` (True: the transaction was lost with it).
+#: found), ``in_atomic_block`` (True: the transaction was lost with it) and
+#: ``during_commit`` (True: the loss met a COMMIT, which the server may have
+#: carried out before the session went: the transaction's outcome is unknown).
 connection_lost = Signal()

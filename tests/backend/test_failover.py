@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from contextlib import suppress
+import uuid
+from contextlib import closing, suppress
 
 import pytest
 from django.db import (
@@ -17,10 +18,13 @@ from django.db import (
     transaction,
 )
 
+from django_pg_failover import signals
 from django_pg_failover.hosts import Host
-from django_pg_failover.lab import Cluster
+from django_pg_failover.lab import Cluster, Node
+from django_pg_failover.lab.system import wait_for
 from django_pg_failover.status import HostState, host_status
 from shop.models import Order
+from tests.markers import needs_pool
 
 from .units import WriteLoop, create, in_request, keys_on, port_of, stock_alias
 
@@ -208,6 +212,81 @@ def test_a_commit_lost_with_no_primary_reports_the_loss_at_once(
     cluster.promote()
     create(alias, "after")
     assert keys_on(cluster.primary, ["unsent-commit", "after"]) == ["after"]
+
+
+def set_synchronous_standby(node: Node, name: str | None) -> None:
+    """Make (None: stop making) every COMMIT on ``node`` wait for standby ``name``."""
+    if name is None:
+        node.query("ALTER SYSTEM RESET synchronous_standby_names")
+    else:
+        node.query("ALTER SYSTEM SET synchronous_standby_names = %s", [name])
+    node.query("SELECT pg_reload_conf()")
+    # The checkpointer decides whether commits wait, once it has read the
+    # file: until a probe commit shows it, it may still decide the old way.
+    wait_for(lambda: commit_waits(node) is (name is not None), 10, "the new setting", 0.02)
+
+
+def commit_waits(node: Node) -> bool:
+    """Whether a COMMIT on ``node`` waits for a synchronous standby (a probe waits 0.1 s)."""
+    with closing(node.connect(autocommit=False)) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+        # WAL written under a transaction id: only such a COMMIT waits.
+        cursor.execute("SELECT pg_logical_emit_message(true, 'probe', '')")
+        # statement_timeout ends before COMMIT's wait; a cancel request ends it.
+        canceller = threading.Timer(0.1, node.query, ["SELECT pg_cancel_backend(%s)", [pid]])
+        canceller.start()
+        started = time.monotonic()
+        conn.commit()
+        waited = time.monotonic() - started >= 0.09
+        canceller.cancel()
+        canceller.join()
+        return waited
+
+
+@pytest.mark.parametrize("pool", [False, pytest.param(True, marks=needs_pool)], ids=["", "pool"])
+def test_a_commit_whose_answer_is_lost_is_reported_as_unknown_not_lost(
+    cluster: Cluster, make_alias, failover_log, pool: bool
+) -> None:
+    """The server committed, then the session went before it answered: never "lost"."""
+    alias = make_alias(OPTIONS={"pool": {"min_size": 1, "max_size": 2}} if pool else {})
+    create(alias)  # warm-up
+    primary, key = cluster.primary, uuid.uuid4().hex
+    lost: list[dict] = []
+
+    def on_lost(**kwargs) -> None:
+        lost.append(kwargs)
+
+    def end_the_session_once_committed() -> None:
+        # COMMIT is durable here and waits for a synchronous standby that never
+        # comes; ending the session then is what a crash at that moment does.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            waiting = primary.query("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+            if waiting:
+                primary.query("SELECT pg_terminate_backend(%s)", [waiting[0][0]])
+                return
+            time.sleep(0.01)
+
+    set_synchronous_standby(primary, "nobody")
+    signals.connection_lost.connect(on_lost)
+    killer = threading.Thread(target=end_the_session_once_committed)
+    try:
+        killer.start()
+        with pytest.raises(OperationalError), transaction.atomic(using=alias):
+            create(alias, key)
+    finally:
+        killer.join()
+        signals.connection_lost.disconnect(on_lost)
+        set_synchronous_standby(primary, None)
+
+    assert keys_on(primary, [key]) == [key]  # committed: "lost" would have been a lie
+    assert [(e["during_commit"], e["in_atomic_block"]) for e in lost] == [(True, False)]
+    warnings = [r.getMessage() for r in failover_log.records if r.levelname == "WARNING"]
+    assert any("the COMMIT's outcome is unknown" in w for w in warnings), warnings
+    assert not any("the transaction is lost" in w for w in warnings), warnings
+    after = create(alias)  # the next use reconnects
+    assert keys_on(primary, [after]) == [after]
 
 
 def test_demoted_primary_read_only_error_then_real_primary(cluster: Cluster, make_alias) -> None:
