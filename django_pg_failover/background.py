@@ -5,6 +5,12 @@ a daemon thread, so that it never delays the exit of the process. Threads are
 reused (starting one costs more than a connect attempt's bookkeeping) and end
 after a minute without work. After ``fork()`` the child starts afresh: the
 parent's threads do not exist there.
+
+A driver's connect runs in C without the GIL, taking locks of libpq, OpenSSL
+and the C library on the way (name lookup, SCRAM's random numbers and
+hashes). A child forked while a thread held one of those would wait for it
+forever at its first connect (gunicorn ``--preload``, ``multiprocessing``):
+``fork()`` waits until no connect of ours is inside the driver.
 """
 
 from __future__ import annotations
@@ -12,13 +18,18 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 _IDLE_SECONDS = 60.0
+#: How long fork() waits for connects in flight (each is bounded by its
+#: connect_timeout, 5 s by default); past that the fork goes ahead.
+FORK_WAIT_SECONDS = 10.0
 
 
 class DaemonWorkers:
@@ -79,3 +90,60 @@ workers = DaemonWorkers("pg-failover")
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=workers.after_fork_in_child)
+
+
+class ForkGate:
+    """Keeps ``fork()`` out of the driver's connects (see the module's docstring)."""
+
+    def __init__(self, wait: float = FORK_WAIT_SECONDS) -> None:
+        self._wait = wait
+        self._reset()
+
+    def _reset(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._inside = 0
+        self._forking = False
+
+    @contextmanager
+    def inside(self) -> Iterator[None]:
+        """Hold off ``fork()`` while the block runs (a fork under way is waited for)."""
+        with self._condition:
+            while self._forking:
+                self._condition.wait()
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._inside -= 1
+                self._condition.notify_all()
+
+    def busy(self) -> bool:
+        """Whether a connect is inside the driver now."""
+        return self._inside > 0
+
+    def before_fork(self) -> None:
+        deadline = time.monotonic() + self._wait
+        with self._condition:
+            self._forking = True
+            while self._inside and (left := deadline - time.monotonic()) > 0:
+                self._condition.wait(left)
+
+    def after_fork_in_parent(self) -> None:
+        with self._condition:
+            self._forking = False
+            self._condition.notify_all()
+
+    def after_fork_in_child(self) -> None:
+        self._reset()  # the threads that were inside are not in the child
+
+
+#: Every connect attempt of the process passes through it.
+fork_gate = ForkGate()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=fork_gate.before_fork,
+        after_in_parent=fork_gate.after_fork_in_parent,
+        after_in_child=fork_gate.after_fork_in_child,
+    )

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import signals
-from .background import workers
+from .background import fork_gate, workers
 from .drivers import Driver
 from .hosts import Host
 from .policy import FailoverPolicy
@@ -164,7 +164,8 @@ class Connector:
         driver = self.driver
         recheck = self.policy.host_recheck
         try:
-            connection = driver.connect({**params, "host": host.host, "port": host.port})
+            with fork_gate.inside():
+                connection = driver.connect({**params, "host": host.host, "port": host.port})
         except driver.module.Error as exc:
             reason = driver.connect_failure_reason(exc)
             verdict = connect_verdict(reason, driver.is_connect_timeout(exc))

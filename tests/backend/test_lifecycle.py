@@ -4,6 +4,7 @@ server never hangs a call, a connection that died while idle is never used."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 import signal
@@ -11,12 +12,13 @@ import subprocess
 import threading
 import time
 import uuid
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 from django.db import Error, OperationalError, connections, transaction
 
-from django_pg_failover import signals
+from django_pg_failover import background, signals
 from django_pg_failover.hosts import Host
 from django_pg_failover.lab import Cluster
 from django_pg_failover.lab.cluster import free_port
@@ -282,27 +284,68 @@ def test_children_forked_while_threads_connect_can_connect(cluster: Cluster, mak
     threads = [threading.Thread(target=hammer) for _ in range(2)]
     for thread in threads:
         thread.start()
-    codes = []
+    outcomes = []
     try:
         for _ in range(20):
+            reader, writer = os.pipe()
             pid = os.fork()
             if pid == 0:
-                code = 1
+                os.close(reader)
+                outcome = "did not finish"
                 try:
-                    signal.alarm(5)  # a deadlocked child is killed, and counted
+                    # A deadlocked child says where it is stuck, and is killed.
+                    faulthandler.dump_traceback_later(4.5, file=writer)
+                    signal.alarm(5)
                     wrapper = connections[alias]
                     wrapper.connection = None  # the parent's socket is not ours
                     wrapper.ensure_connection()
-                    code = 0
+                    faulthandler.cancel_dump_traceback_later()
+                    outcome = "connected"
+                except BaseException as exc:
+                    outcome = f"{type(exc).__name__}: {exc}"
                 finally:
-                    os._exit(code)
-            _, status = os.waitpid(pid, 0)
-            codes.append(os.waitstatus_to_exitcode(status))
+                    os.write(writer, outcome.encode())
+                    os._exit(0)
+            os.close(writer)
+            with os.fdopen(reader, "rb") as said:
+                outcome = said.read().decode() or "killed (deadlocked?)"
+            os.waitpid(pid, 0)
+            outcomes.append(outcome)
     finally:
         stop.set()
         for thread in threads:
             thread.join(30)
-    assert codes == [0] * 20
+    assert outcomes == ["connected"] * 20
+
+
+# Python 3.12+ warns about exactly what gunicorn --preload does, and this test does on purpose.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_fork_waits_while_a_connect_is_inside_the_driver(make_alias, pg_blackhole) -> None:
+    """A child must not inherit libpq's or OpenSSL's locks from a connect in flight."""
+    alias = make_alias(
+        HOST=[pg_blackhole.address],
+        OPTIONS={"connect_timeout": 1, "failover": {"retry_timeout": 1}},
+    )
+    def connect_to_a_host_that_never_answers() -> None:
+        with suppress(OperationalError):
+            connections[alias].ensure_connection()
+        connections.close_all()
+
+    thread = threading.Thread(target=connect_to_a_host_that_never_answers)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not background.fork_gate.busy() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert background.fork_gate.busy()  # the attempt is inside the driver
+    began = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    waited = time.monotonic() - began
+    os.waitpid(pid, 0)
+    thread.join(30)
+    # The attempt waits connect_timeout (psycopg 3 at least 2 s) inside the driver.
+    assert 0.5 <= waited <= background.FORK_WAIT_SECONDS + 0.5
 
 
 # -- 4. a frozen server never hangs a call ------------------------------------------------------
