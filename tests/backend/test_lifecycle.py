@@ -326,6 +326,7 @@ def test_fork_waits_while_a_connect_is_inside_the_driver(make_alias, pg_blackhol
         HOST=[pg_blackhole.address],
         OPTIONS={"connect_timeout": 1, "failover": {"retry_timeout": 1}},
     )
+
     def connect_to_a_host_that_never_answers() -> None:
         with suppress(OperationalError):
             connections[alias].ensure_connection()
