@@ -40,6 +40,10 @@ def children() -> dict[int, list[int]]:
     return tree
 
 
+#: Every process this supervisor killed (a postmaster's shared memory is removed after it).
+killed: set[int] = set()
+
+
 def kill_descendants() -> None:
     """Stop every descendant (so none forks meanwhile), then SIGKILL them all."""
     tree = children()
@@ -56,6 +60,21 @@ def kill_descendants() -> None:
     for pid in found:
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    killed.update(found)
+
+
+def remove_shared_memory(libc: ctypes.CDLL) -> None:
+    """Remove the System V segments a killed postmaster created and nobody uses now."""
+    try:
+        with open("/proc/sysvipc/shm") as f:
+            header, *rows = f.read().splitlines()
+    except OSError:
+        return
+    columns = header.split()
+    for row in rows:
+        fields = dict(zip(columns, row.split(), strict=False))
+        if int(fields["cpid"]) in killed and fields["nattch"] == "0":
+            libc.shmctl(ctypes.c_int(int(fields["shmid"])), ctypes.c_int(0), None)  # IPC_RMID
 
 
 def main(argv: list[str]) -> int:
@@ -79,6 +98,7 @@ def main(argv: list[str]) -> int:
         try:
             os.waitpid(-1, 0)
         except ChildProcessError:
+            remove_shared_memory(libc)
             return 0
 
 
