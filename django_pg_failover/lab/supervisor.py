@@ -24,6 +24,7 @@ from contextlib import suppress
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+IPC_RMID = 0
 
 
 def children() -> dict[int, list[int]]:
@@ -64,7 +65,11 @@ def kill_descendants() -> None:
 
 
 def remove_shared_memory(libc: ctypes.CDLL) -> None:
-    """Remove the System V segments a killed postmaster created and nobody uses now."""
+    """Remove the System V segments a killed postmaster created and nobody uses now.
+
+    The lab's own ``system.remove_shared_memory`` does this for one known
+    segment; this file may import nothing of the package (see above).
+    """
     try:
         with open("/proc/sysvipc/shm") as f:
             header, *rows = f.read().splitlines()
@@ -74,7 +79,7 @@ def remove_shared_memory(libc: ctypes.CDLL) -> None:
     for row in rows:
         fields = dict(zip(columns, row.split(), strict=False))
         if int(fields["cpid"]) in killed and fields["nattch"] == "0":
-            libc.shmctl(ctypes.c_int(int(fields["shmid"])), ctypes.c_int(0), None)  # IPC_RMID
+            libc.shmctl(ctypes.c_int(int(fields["shmid"])), ctypes.c_int(IPC_RMID), None)
 
 
 def main(argv: list[str]) -> int:
