@@ -22,6 +22,7 @@ from django_pg_failover import background, signals
 from django_pg_failover.hosts import Host
 from django_pg_failover.lab import Cluster
 from django_pg_failover.lab.cluster import free_port
+from django_pg_failover.lab.system import wait_for
 from django_pg_failover.status import HostState, host_status
 
 from .units import WriteLoop, create, in_request, keys_on, port_of, run_loops
@@ -334,10 +335,7 @@ def test_fork_waits_while_a_connect_is_inside_the_driver(make_alias, pg_blackhol
 
     thread = threading.Thread(target=connect_to_a_host_that_never_answers)
     thread.start()
-    deadline = time.monotonic() + 5
-    while not background.fork_gate.busy() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert background.fork_gate.busy()  # the attempt is inside the driver
+    wait_for(background.fork_gate.busy, 5, "the connect attempt to be inside the driver", 0.005)
     began = time.monotonic()
     pid = os.fork()
     if pid == 0:
