@@ -8,10 +8,16 @@ ORCHESTRATOR ?= lab
 
 .PHONY: demo test lint bench conformance venv patroni-runtime
 
+# pip retries a refused connection by itself, not a registry that stalls or fails in the
+# middle of an install: the install gets a second try, and a stalled socket gives up after
+# 60 s instead of the 180 s this machine's pip is set to (a CI run once ended after 239 s,
+# its output lost).
+PIP_INSTALL := $(PY) -m pip install --quiet --timeout 60
+
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,docs]'
+	$(PIP_INSTALL) --upgrade pip || $(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) -e '.[test,docs]' || $(PIP_INSTALL) -e '.[test,docs]'
 	@# Not fatal: without Patroni's pieces only the Patroni tests and demo fail
 	@# (with the same message, saying what is missing).
 	$(MAKE) --no-print-directory patroni-runtime || \
