@@ -19,9 +19,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -46,6 +45,8 @@ class DaemonWorkers:
         )
         self._idle = 0
         self._started = 0
+        #: Work handed to the threads so far (the healthy path hands over none).
+        self.submitted = 0
 
     def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
         future: Future[T] = Future()
@@ -53,6 +54,7 @@ class DaemonWorkers:
             # Queued under the lock: a worker that finds the queue empty under
             # the same lock may leave without stranding this item.
             self._queue.put((future, function, args))
+            self.submitted += 1
             if self._idle:
                 self._idle -= 1
             else:
@@ -97,25 +99,31 @@ class ForkGate:
 
     def __init__(self, wait: float = FORK_WAIT_SECONDS) -> None:
         self._wait = wait
+        self._block = _InsideDriver(self)
         self._reset()
 
     def _reset(self) -> None:
-        self._condition = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
         self._inside = 0
         self._forking = False
 
-    @contextmanager
-    def inside(self) -> Iterator[None]:
+    def inside(self) -> _InsideDriver:
         """Hold off ``fork()`` while the block runs (a fork under way is waited for)."""
-        with self._condition:
+        return self._block
+
+    # The lock itself, not the condition, where the common case needs no waiting:
+    # a condition's ``with`` is a Python-level call, and every connect comes here.
+    def enter(self) -> None:
+        with self._lock:
             while self._forking:
                 self._condition.wait()
             self._inside += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._inside -= 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._inside -= 1
+            if self._forking:
                 self._condition.notify_all()
 
     def busy(self) -> bool:
@@ -136,6 +144,21 @@ class ForkGate:
 
     def after_fork_in_child(self) -> None:
         self._reset()  # the threads that were inside are not in the child
+
+
+class _InsideDriver:
+    """``with gate.inside():`` (one object per gate: a connect allocates nothing for it)."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: ForkGate) -> None:
+        self._gate = gate
+
+    def __enter__(self) -> None:
+        self._gate.enter()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._gate.leave()
 
 
 #: Every connect attempt of the process passes through it.

@@ -21,7 +21,9 @@ what Django runs.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
+from time import monotonic
 from typing import Any
 
 from django.db.backends.base.base import NO_DB_ALIAS
@@ -43,7 +45,7 @@ from .conf import FailoverSettings
 from .connect import Connector
 from .creation import DatabaseCreation
 from .exceptions import SettingsError
-from .hosts import Host, libpq_host_params
+from .hosts import Host
 from .liveness import idle_connection_failure
 from .options import DEFAULT_CONNECT_TIMEOUT, OPTIONS_CHECK
 from .policy import FailoverPolicy
@@ -52,40 +54,44 @@ from .stall import stall_watch
 
 
 class FailoverErrorWrapper(DatabaseErrorWrapper):
-    """Around every call to the driver: watch it for a stall (:mod:`.stall`), and
-    tell the wrapper what went wrong before Django translates the error."""
+    """Around every call to the driver: note it for the stall watchdog (:mod:`.stall`),
+    and tell the wrapper what went wrong before Django translates the error.
+
+    Django runs ``__enter__`` and ``__exit__`` around every call (its own do
+    nothing): these replace them at no extra Python call. The bodies stay
+    inline, attribute reads and writes only, as the healthy path of every
+    query runs them.
+    """
 
     def __enter__(self) -> None:
-        stall_watch.enter(self.wrapper)
-
-    def __call__(self, func: Any) -> Any:
-        # Django wraps cursors' fetches so. A client-side cursor received every row in
-        # execute(): its fetches wait on nothing, and are not watched for a stall.
-        if getattr(getattr(func, "__self__", None), "name", None) is not None:
-            return super().__call__(func)  # a server-side cursor: fetching waits on the server
-
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return func(*args, **kwargs)
-            except BaseException as exc:
-                self._failed(type(exc), exc, exc.__traceback__)
-                raise
-
-        return inner
+        wrapper = self.wrapper
+        if wrapper.connected_stall_timeout is not None:
+            if not wrapper.call_depth:
+                wrapper.call_started = monotonic()
+            wrapper.call_depth += 1
 
     def __exit__(self, exc_type, exc_value, traceback):
-        given_up = stall_watch.leave(self.wrapper)
+        wrapper = self.wrapper
+        if wrapper.call_depth:
+            wrapper.call_depth -= 1
         if exc_type is None:
             return
-        return self._failed(exc_type, exc_value, traceback, given_up)
-
-    def _failed(self, exc_type, exc_value, traceback, given_up=None):
-        loss.on_driver_error(self.wrapper, exc_value)
+        given_up = stall_watch.given_up(wrapper)  # before closing starts another call
+        loss.on_driver_error(wrapper, exc_value)
         if given_up is not None:
-            raise OperationalError(
-                f"database alias {self.wrapper.alias!r}: {given_up.given_up}"
-            ) from exc_value
+            raise OperationalError(f"database alias {wrapper.alias!r}: {given_up}") from exc_value
         return super().__exit__(exc_type, exc_value, traceback)
+
+
+def _settings_copy(source: tuple) -> tuple | None:
+    """A copy of HOST, PORT and OPTIONS that later values compare equal to until they
+    change; None when the values do not allow one (an object without a copy that
+    equals it)."""
+    try:
+        snapshot = copy.deepcopy(source)
+    except Exception:
+        return None
+    return snapshot if snapshot == source else None
 
 
 class HostListDatabase:
@@ -115,6 +121,12 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.server_fd: int | None = None
         #: stall_timeout for the open connection (None: not watched), read per call.
         self.connected_stall_timeout: float | None = None
+        #: Calls in flight on the connection (nested error wrappers), when the
+        #: outermost began, and why the stall watchdog gave it up (:mod:`.stall`).
+        self.call_depth = 0
+        self.call_started = 0.0
+        self.call_given_up: tuple[float, str] | None = None
+        self._settings_source: tuple | None = None
         self._settings_key: str | None = None
         self._settings: FailoverSettings | None = None
         self._connector: Connector | None = None
@@ -139,12 +151,21 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     @property
     def failover_settings(self) -> FailoverSettings:
-        """HOST, PORT and OPTIONS validated; parsed again only when they change."""
+        """HOST, PORT and OPTIONS validated; parsed again only when they change.
+
+        Read on every connect: the values are compared with a copy of what was
+        parsed (a change made in place is seen too), without building anything.
+        """
         settings_dict = self.settings_dict
-        key = repr((settings_dict["HOST"], settings_dict["PORT"], settings_dict["OPTIONS"]))
-        if key != self._settings_key:
+        source = (settings_dict["HOST"], settings_dict["PORT"], settings_dict["OPTIONS"])
+        if self._settings_source is not None:
+            changed = source != self._settings_source
+        else:  # values a copy cannot stand for (see _settings_copy()): by their text
+            changed = repr(source) != self._settings_key
+        if changed or self._settings is None:
             self._settings = FailoverSettings.from_settings_dict(settings_dict, self.alias, driver)
-            self._settings_key = key
+            self._settings_source = _settings_copy(source)
+            self._settings_key = None if self._settings_source is not None else repr(source)
             self._connector = None
         return self._settings
 
@@ -183,7 +204,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         params["target_session_attrs"] = settings.target_session_attrs
         params.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         # The whole list, as libpq writes it: what the connector walks is settings.hosts.
-        params.update(libpq_host_params(settings.hosts))
+        params.update(settings.libpq_host_params)
         return params
 
     # -- connecting ---------------------------------------------------------------
@@ -196,6 +217,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             if pool is not None:  # read several times per connect: the short way first
                 return pool
             options = self.settings_dict["OPTIONS"]
+            if type(options) is dict and not options.get("pool"):
+                return None  # what Django's property says then, the short way
             # Read here before anything connects: name the alias, not an AttributeError.
             if not isinstance(options, Mapping):
                 raise SettingsError(
@@ -214,7 +237,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return self._connection_pools[self.alias]
 
     def connect(self) -> None:
-        loss.check_can_connect(self)
+        if self.in_atomic_block or self.transaction_lost or self.atomic_block_lost:
+            loss.check_can_connect(self)
         super().connect()
 
     @async_unsafe
@@ -225,6 +249,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         # Django's connect() has just validated the settings (get_connection_params()).
         policy = (self._settings or self.failover_settings).policy
         self.connected_stall_timeout = policy.stall_timeout if self.server_fd is not None else None
+        # Opened inside ensure_connection()'s error wrapper: that was no call to this server.
+        self.call_depth = 0
+        self.call_given_up = None
+        stall_watch.watch(self)
         self.lost_error = None
         self.reads.connected(policy.retry_reads)
         return connection
@@ -246,7 +274,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         return True
 
     def close(self) -> None:
-        loss.settle_lost_manual_transaction(self)
+        if self.in_atomic_block:
+            loss.settle_lost_manual_transaction(self)
         self.transaction_lost = False
         super().close()
 

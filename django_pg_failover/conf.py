@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import SettingsError
-from .hosts import Host, parse_hosts
+from .hosts import Host, libpq_host_params, parse_hosts
 from .options import OPTIONS_CHECK, target_session_attrs, validate_options, validate_pool
 from .policy import FailoverPolicy
 
@@ -27,6 +28,11 @@ class FailoverSettings:
     policy: FailoverPolicy
     #: ``load_balance_hosts=random``: the backend shuffles the hosts itself.
     load_balance: bool = False
+
+    @cached_property
+    def libpq_host_params(self) -> dict[str, str]:
+        """The host list as libpq's ``host`` and ``port`` (built once, read per connect)."""
+        return libpq_host_params(self.hosts)
 
     @classmethod
     def from_settings_dict(

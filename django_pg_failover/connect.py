@@ -45,6 +45,10 @@ MAX_IN_FLIGHT = 3
 # A pool's worker waits without a deadline: it looks up from the watcher this often.
 _KEEP_WAITING_CHECK = 1.0
 
+#: Per host, when a connect attempt in a calling thread began (the last of them):
+#: one unanswered for ``attempt_delay`` sends the next connects on a walk instead.
+_connecting_inline: dict[Host, float] = {}
+
 # Connection keywords the walk sets per attempt itself.
 _WALK_KEYWORDS = ("host", "port", "hostaddr", "target_session_attrs", "load_balance_hosts")
 
@@ -330,6 +334,10 @@ class Connector:
             logger.debug("database alias %r: waiting for the search under way", self.alias)
             searching, search_end = search
             searching.wait(_until(deadline), change=search_end)
+        else:
+            landing = self._connect_known_host(params, started)
+            if landing is not None:
+                return landing
         while True:
             passes += 1
             candidates = [h for h in self.ordered_hosts() if h not in refused]
@@ -396,6 +404,42 @@ class Connector:
             # thread; the last try lands on the deadline.
             watcher.wait(_until(deadline), hand_over=walk.searching is not None)
 
+    def _connect_known_host(self, params: Mapping[str, Any], started: float) -> Landing | None:
+        """The healthy path: the first host answered lately with a role that suits.
+
+        Connect to it in the calling thread, as Django's own backend does: no
+        thread is woken and none waited for. Anything else (a failure, another
+        role) is left to the walk, which tries every host again in the order
+        the memory now gives. A host that hangs now holds up the connects
+        already under way (``connect_timeout``); one that arrives while an
+        attempt to it has gone unanswered for ``attempt_delay`` walks the list,
+        overtaking it.
+        """
+        host = self.ordered_hosts()[0]
+        if not host_status.suits(host, self.target_session_attrs):
+            return None
+        began = time.monotonic()
+        since = _connecting_inline.get(host)
+        if since is not None and began - since > self.attempt_delay:
+            return None
+        _connecting_inline[host] = began
+        try:
+            result = self.attempt(host, params)
+        finally:
+            if _connecting_inline.get(host) == began:
+                _connecting_inline.pop(host, None)
+        if isinstance(result, HostFailure):
+            return None
+        if result.role is not None and not suits(result.role, self.target_session_attrs):
+            self.driver.close_quietly(result.connection)
+            return None
+        if self.failing:
+            forget_failures(self, params)  # they describe an outage now over
+            self.failing = self.refused_for_good = False
+        result.elapsed = time.monotonic() - started
+        self._report_connected(result)
+        return result
+
     def ordered_hosts(self) -> tuple[Host, ...]:
         if self.policy.host_recheck > 0:
             return host_status.order(self.hosts, self.target_session_attrs, self.shuffle)
@@ -445,17 +489,21 @@ class Connector:
             )
 
     def _report_connected(self, landing: Landing) -> None:
-        role = landing.role.value if landing.role else None
         waited = landing.passes > 1 or landing.elapsed > self.attempt_delay
-        logger.log(
-            logging.INFO if waited else logging.DEBUG,
-            "database alias %r: connected to %s (%s) after %d attempt(s) in %.2fs",
-            self.alias,
-            landing.host,
-            role or "role not reported",
-            landing.passes,
-            landing.elapsed,
-        )
+        if waited or logger.isEnabledFor(logging.DEBUG):
+            role = landing.role.value if landing.role else None
+            logger.log(
+                logging.INFO if waited else logging.DEBUG,
+                "database alias %r: connected to %s (%s) after %d attempt(s) in %.2fs",
+                self.alias,
+                landing.host,
+                role or "role not reported",
+                landing.passes,
+                landing.elapsed,
+            )
+        if not signals.connection_established.receivers:
+            return  # every connect comes here: no keyword arguments built for nobody
+        role = landing.role.value if landing.role else None
         signals.connection_established.send(
             sender=self.sender,
             alias=self.alias,

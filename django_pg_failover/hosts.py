@@ -15,8 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .exceptions import SettingsError
 
@@ -28,9 +27,12 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?$")
 _BRACKETED = re.compile(r"^\[(?P<address>[^\]]*)\](?::(?P<port>[^:]*))?$")
 
 
-@dataclass(frozen=True)
-class Host:
-    """One server to try: a host name, an IP address or a Unix-socket folder."""
+class Host(NamedTuple):
+    """One server to try: a host name, an IP address or a Unix-socket folder.
+
+    A named tuple: it keys the process's dictionaries of hosts, looked up on
+    every connect, and its hash is computed in C.
+    """
 
     host: str
     port: int = DEFAULT_PORT

@@ -46,7 +46,7 @@ from django.db.backends.postgresql.base import CursorDebugWrapper
 from django.db.backends.utils import CursorWrapper
 from django.db.utils import DatabaseError, OperationalError
 
-from .drivers import TransactionStatus
+from .drivers import TRANSACTION_IDLE_CODE
 from .statements import SQL_CONSTRUCTS, Kind, Statement, classify
 
 logger = logging.getLogger("django_pg_failover")
@@ -71,9 +71,14 @@ _FUNCTIONS_SQL = (
 )
 
 
-def has_raw_sql_param(params: Any, is_raw_sql: Any) -> bool:
-    values = params.values() if isinstance(params, Mapping) else params or ()
-    return any(is_raw_sql(value) for value in values)
+def has_raw_sql_param(params: Any, raw_sql_type: type | None) -> bool:
+    """Whether a parameter is SQL the driver pastes in as it is (a loop: run per read)."""
+    if raw_sql_type is None or not params:
+        return False
+    for value in params.values() if isinstance(params, Mapping) else params:
+        if isinstance(value, raw_sql_type):
+            return True
+    return False
 
 
 class ReadRetryState:
@@ -87,17 +92,6 @@ class ReadRetryState:
     def connected(self, enabled: bool) -> None:
         self.enabled = enabled
         self.session_changed = False
-
-
-def read_retry_possible(db: Any) -> bool:
-    """Before running a read: could it be re-run if its connection were lost?"""
-    return (
-        db.connection is not None
-        and not db.in_atomic_block
-        and db.autocommit
-        and not db.reads.session_changed
-        and db.driver.transaction_status(db.connection) is TransactionStatus.IDLE
-    )
 
 
 def may_retry_read(db: Any, exc: OperationalError, raw_cursor: Any) -> bool:
@@ -144,14 +138,28 @@ class ReadRetryMixin:
     """Re-run a lost plain read once; note every statement that may change the session."""
 
     def execute(self, sql: Any, params: Any = None) -> Any:
+        # Run before every query while retry_reads is on: one Python-level call
+        # (classify(), a dictionary lookup once the text was seen), the rest inline.
+        # Could the read be re-run if its connection were lost? Only outside
+        # transactions, on a session nothing changed.
         db = self.db
         statement = classify(sql)
         kind = statement.kind
-        if kind is Kind.READ and params and has_raw_sql_param(params, db.driver.is_raw_sql):
-            kind = Kind.OTHER  # raw SQL pasted in: it may do anything
+        if kind is Kind.READ:
+            driver = db.driver
+            raw_sql_type = driver.raw_sql_type
+            if params and raw_sql_type is not None and has_raw_sql_param(params, raw_sql_type):
+                kind = Kind.OTHER  # raw SQL pasted in: it may do anything
         if kind is Kind.OTHER:
             db.reads.session_changed = True
-        elif kind is Kind.READ and read_retry_possible(db):
+        elif (
+            kind is Kind.READ
+            and (connection := db.connection) is not None
+            and not db.in_atomic_block
+            and db.autocommit
+            and not db.reads.session_changed
+            and driver.transaction_status_code(connection) == TRANSACTION_IDLE_CODE
+        ):
             try:
                 return super().execute(sql, params)
             except OperationalError as exc:

@@ -5,26 +5,37 @@ makes a query, a COMMIT or a health check wait forever: keepalives and
 ``tcp_user_timeout`` never fire while the kernel answers. Like pgjdbc's
 ``socketTimeout``, but without cutting a long query short:
 
-- every call the backend makes to the server is noted when it starts and when
-  it ends (the error wrapper Django puts around each call, and the health
-  check): a time and a dictionary entry, no round trip, no thread per call;
-- one watchdog thread per process looks at the calls in flight. Once a call
-  has waited ``stall_timeout`` seconds, the watchdog asks whether its server is
+- every call the backend makes to the server is noted on the wrapper when it
+  starts and when it ends (the error wrapper Django puts around each call,
+  and the health check): a depth counter and a start time, written in place.
+  No object, no lock, no Python call per query: the healthy path pays two
+  attribute writes and a clock read;
+- one watchdog thread per process knows the wrappers with an open, watched
+  connection (they sign up when they connect). It sleeps until the earliest
+  moment a call could have waited ``stall_timeout``, then looks at the calls
+  in flight. Once one has waited that long, it asks whether its server is
   still alive: a new connection to it, bounded by ``connect_timeout``;
 - a server that answers is left alone (a long query is the server's business:
   ``statement_timeout`` is the tool for it), and asked again after another
   ``stall_timeout``; a server that does not answer has the call's socket shut
   down: the call raises, the connection counts as lost, and the next use
   outside an atomic block connects anew.
+
+The watchdog and the calling thread share no lock. A call is known by its
+start time: the watchdog gives up the call it checked only if that call is
+still the one in flight, and the calling thread, when its call fails, reads
+whether the watchdog gave that very call up (to say so in the error).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -33,35 +44,12 @@ from .background import workers
 
 if TYPE_CHECKING:
     from .base import DatabaseWrapper
-    from .hosts import Host
 
 logger = logging.getLogger("django_pg_failover")
 
-# The watchdog looks at new calls this often, and leaves after this long without any.
-_TICK = 0.25
+# Without a watched connection for this long, the watchdog thread ends (the next
+# connection starts a new one).
 _IDLE_EXIT = 60.0
-
-
-class Call:
-    """One call in flight on one connection (slots: one is made per call)."""
-
-    __slots__ = ("checking", "depth", "due", "fd", "given_up", "host", "stall_timeout", "started",
-                 "wrapper")  # fmt: skip
-
-    def __init__(
-        self, wrapper: DatabaseWrapper, host: Host, fd: int, stall_timeout: float, now: float
-    ) -> None:
-        self.wrapper = wrapper
-        self.host = host
-        self.fd = fd
-        self.stall_timeout = stall_timeout
-        self.started = now
-        #: When the watchdog next looks at it (after a liveness check, later again).
-        self.due = now + stall_timeout
-        self.checking = False
-        #: Why the watchdog gave the call up (None while it has not).
-        self.given_up: str | None = None
-        self.depth = 1
 
 
 class StallWatch:
@@ -73,63 +61,60 @@ class StallWatch:
     def _reset(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._calls: dict[int, Call] = {}
-        #: Calls the watchdog gave up, until their thread leaves them.
-        self._given_up: dict[int, Call] = {}
+        self._wrappers: weakref.WeakSet[DatabaseWrapper] = weakref.WeakSet()
+        #: Per wrapper, the call the watchdog is checking or left alone (its start
+        #: time) and when to look at it again (inf while a check runs).
+        self._looks: dict[int, tuple[float, float]] = {}
         self._thread: threading.Thread | None = None
+        #: When the watchdog will look next, as it went to sleep.
+        self._next_look = math.inf
 
     def after_fork_in_child(self) -> None:
         self._reset()
 
-    # -- the calling thread (the healthy path: keep it cheap) --------------------------
+    # -- the calling thread ---------------------------------------------------------
 
-    def enter(self, wrapper: DatabaseWrapper) -> None:
-        # Read from the connection, set when it opened: settings are not parsed here.
+    def watch(self, wrapper: DatabaseWrapper) -> None:
+        """A watched connection opened (once per connection, not per call)."""
         stall_timeout = wrapper.connected_stall_timeout
-        if stall_timeout is None or wrapper.connection is None:
+        if stall_timeout is None:
             return
-        key = id(wrapper)
-        call = self._calls.get(key)
-        if call is not None:  # a call inside a call (an error wrapper nested)
-            call.depth += 1
-            return
-        self._calls[key] = Call(
-            wrapper, wrapper.server, wrapper.server_fd, stall_timeout, time.monotonic()
-        )
-        if self._thread is None:
-            self._start()
-
-    @contextmanager
-    def guard(self, wrapper: DatabaseWrapper) -> Iterator[None]:
-        """For a call Django's error wrapper does not surround (the health check)."""
-        self.enter(wrapper)
-        try:
-            yield
-        finally:
-            self.leave(wrapper)
-
-    def leave(self, wrapper: DatabaseWrapper) -> Call | None:
-        """The call ended: the record of it, if the watchdog gave it up."""
-        key = id(wrapper)
-        call = self._calls.get(key)
-        if call is not None and call.depth > 1:
-            call.depth -= 1
-            return None
-        # Whoever takes the call out of the table (dict.pop is atomic), this thread
-        # or the watchdog giving it up, decides how it ends: no lock on this path.
-        if call is not None and self._calls.pop(key, None) is call:
-            return None
-        return self._given_up.pop(key, None)
-
-    # -- the watchdog -----------------------------------------------------------------
-
-    def _start(self) -> None:
         with self._lock:
+            self._wrappers.add(wrapper)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._watch, name="pg-failover-stall-watch", daemon=True
                 )
                 self._thread.start()
+            elif time.monotonic() + stall_timeout < self._next_look:
+                # Asleep for longer than this connection's first call may take.
+                self._wake.notify()
+
+    @contextmanager
+    def guard(self, wrapper: DatabaseWrapper) -> Iterator[None]:
+        """For a call Django's error wrapper does not surround (the health check)."""
+        watched = wrapper.connected_stall_timeout is not None
+        if watched:
+            if not wrapper.call_depth:
+                wrapper.call_started = time.monotonic()
+            wrapper.call_depth += 1
+        try:
+            yield
+        finally:
+            if watched and wrapper.call_depth:
+                wrapper.call_depth -= 1
+
+    @staticmethod
+    def given_up(wrapper: DatabaseWrapper) -> str | None:
+        """After a call failed: why the watchdog gave it up, if it did."""
+        record = wrapper.call_given_up
+        if record is None:
+            return None
+        wrapper.call_given_up = None
+        started, reason = record
+        return reason if started == wrapper.call_started else None
+
+    # -- the watchdog -----------------------------------------------------------------
 
     def _watch(self) -> None:
         try:
@@ -137,65 +122,88 @@ class StallWatch:
         finally:
             with self._lock:
                 if self._thread is threading.current_thread():
-                    self._thread = None  # the next call starts a new watchdog
+                    self._thread = None  # the next connection starts a new watchdog
 
     def _watch_calls(self) -> None:
         idle_since = time.monotonic()
         while True:
             with self._lock:
                 now = time.monotonic()
-                # list() copies in one step: enter() adds calls without the lock.
-                calls = list(self._calls.values())
-                waiting = [c for c in calls if not c.checking]
-                due = [c for c in waiting if c.due <= now]
-                for call in due:
-                    call.checking = True
-                if calls:
+                due, next_look = self._due_calls(now)
+                if next_look < math.inf or due:
                     idle_since = now
                 elif now - idle_since > _IDLE_EXIT:
                     return
                 if not due:
-                    next_due = min((c.due for c in waiting), default=now + _TICK)
-                    # Calls that start meanwhile are looked at within a tick.
-                    self._wake.wait(min(max(next_due - now, 0.0), _TICK))
-            for call in due:
-                workers.submit(self._check, call)
+                    self._next_look = min(next_look, idle_since + _IDLE_EXIT + 1.0)
+                    self._wake.wait(max(self._next_look - now, 0.0))
+                    self._next_look = math.inf
+                    continue
+            for wrapper, started in due:
+                workers.submit(self._check, wrapper, started)
 
-    def _check(self, call: Call) -> None:
+    def _due_calls(self, now: float) -> tuple[list[tuple[DatabaseWrapper, float]], float]:
+        """The calls that have waited long enough (marked as being checked), and when
+        the next one could have (the lock held)."""
+        due: list[tuple[DatabaseWrapper, float]] = []
+        next_look = math.inf
+        looks: dict[int, tuple[float, float]] = {}
+        for wrapper in list(self._wrappers):
+            stall_timeout = wrapper.connected_stall_timeout
+            if stall_timeout is None or wrapper.connection is None:
+                self._wrappers.discard(wrapper)
+                continue
+            key = id(wrapper)
+            if not wrapper.call_depth:
+                # A call starting from now on cannot have waited long enough sooner.
+                next_look = min(next_look, now + stall_timeout)
+                continue
+            started = wrapper.call_started
+            look = self._looks.get(key)
+            when = look[1] if look is not None and look[0] == started else started + stall_timeout
+            if when <= now:
+                due.append((wrapper, started))
+                when = math.inf  # being checked
+            looks[key] = (started, when)
+            next_look = min(next_look, when)
+        self._looks = looks
+        return due, next_look
+
+    def _check(self, wrapper: DatabaseWrapper, started: float) -> None:
         """Is the server of a call that has waited ``stall_timeout`` still alive?"""
-        wrapper = call.wrapper
+        host, fd, stall_timeout = wrapper.server, wrapper.server_fd, wrapper.connected_stall_timeout
+        if host is None or fd is None or stall_timeout is None:
+            return
         try:
-            problem = wrapper.connector.probe(call.host, wrapper.get_connection_params())
+            problem = wrapper.connector.probe(host, wrapper.get_connection_params())
         except Exception as exc:  # a bug must not leave the call unwatched
             problem = None
             logger.exception("database alias %r: liveness check failed: %s", wrapper.alias, exc)
-        key = id(wrapper)
         with self._lock:
-            if self._calls.get(key) is not call:
-                return  # the call ended meanwhile
-            call.checking = False
-            waited = time.monotonic() - call.started
+            now = time.monotonic()
+            if not (wrapper.call_depth and wrapper.call_started == started):
+                return  # the call ended meanwhile: its connection is left alone
+            waited = now - started
             if problem is None:
-                call.due = time.monotonic() + call.stall_timeout
+                self._looks[id(wrapper)] = (started, now + stall_timeout)
+                self._wake.notify()
                 logger.info(
                     "database alias %r: a call has waited %.1fs on %s, which answers: left alone",
                     wrapper.alias,
                     waited,
-                    call.host,
+                    host,
                 )
                 return
-            call.given_up = (
-                f"{call.host} did not answer for {waited:.1f}s "
-                f"(stall_timeout={call.stall_timeout:g}s) and a new connection to it failed: "
+            reason = (
+                f"{host} did not answer for {waited:.1f}s "
+                f"(stall_timeout={stall_timeout:g}s) and a new connection to it failed: "
                 f"{problem}"
             )
-            # Recorded before the call leaves the table: its thread finds it either way.
-            self._given_up[key] = call
-            if self._calls.pop(key, None) is not call:
-                self._given_up.pop(key, None)
-                return  # the call ended meanwhile: its connection is left alone
-            _shut_down(call.fd)
-        logger.warning("database alias %r: giving up a call: %s", wrapper.alias, call.given_up)
+            # Written before the socket is shut down: the calling thread, woken by
+            # it, finds why.
+            wrapper.call_given_up = (started, reason)
+            _shut_down(fd)
+        logger.warning("database alias %r: giving up a call: %s", wrapper.alias, reason)
 
 
 def _shut_down(fd: int) -> None:

@@ -18,6 +18,7 @@ The memory is shared by every thread of the process and survives ``fork()``
 from __future__ import annotations
 
 import enum
+import math
 import os
 import random
 import threading
@@ -38,11 +39,17 @@ class HostState(enum.Enum):
 
     @classmethod
     def of(cls, role: Role) -> HostState:
-        return cls(role.value)
+        return _STATE_OF_ROLE[role]
 
     @property
     def role(self) -> Role | None:
-        return None if self is HostState.DOWN else Role(self.value)
+        return _ROLE_OF_STATE[self]
+
+
+_STATE_OF_ROLE = {role: HostState(role.value) for role in Role}
+_ROLE_OF_STATE = {
+    state: None if state is HostState.DOWN else Role(state.value) for state in HostState
+}
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,10 @@ class HostStatus:
         self._clock = clock
         self._lock = threading.Lock()
         self._records: dict[Host, HostRecord] = {}
+        #: Changes each time a host's state changes: orders computed before are stale.
+        self._version = 0
+        #: The last order of each host list and target: (version, valid until, order).
+        self._orders: dict[tuple[tuple[Host, ...], str], tuple[int, float, tuple[Host, ...]]] = {}
 
     def after_fork_in_child(self) -> None:
         # The parent's lock may have been held by a thread that does not exist here.
@@ -91,18 +102,42 @@ class HostStatus:
     def clear(self) -> None:
         with self._lock:
             self._records.clear()
+            self._version += 1
+
+    def suits(self, host: Host, target_session_attrs: str) -> bool:
+        """Whether ``host`` answered lately with a role that suits (no lock: read per connect)."""
+        record = self._records.get(host)
+        if record is None or record.expires_at <= self._clock():
+            return False
+        role = record.state.role
+        return role is not None and suits(role, target_session_attrs)
 
     def order(
         self, hosts: Sequence[Host], target_session_attrs: str, shuffle: bool = False
     ) -> tuple[Host, ...]:
-        """Candidates first, wrong role next, down last; ``shuffle`` within each rank."""
+        """Candidates first, wrong role next, down last; ``shuffle`` within each rank.
+
+        Without ``shuffle`` the order is kept until a host's state changes or a
+        record it rests on expires: a connect on the healthy path sorts nothing.
+        """
+        hosts = tuple(hosts)  # the same object when it is one already
+        if not self._records:  # the healthy steady state of a new process
+            return tuple(random.sample(hosts, len(hosts))) if shuffle else hosts
+        key = (hosts, target_session_attrs)
+        if not shuffle:
+            cached = self._orders.get(key)
+            if cached is not None and cached[0] == self._version and self._clock() < cached[1]:
+                return cached[2]
+        version = self._version
+        known = self.snapshot()
         candidates = list(hosts)
         if shuffle:
             random.shuffle(candidates)
-        if not self._records:  # the healthy steady state of a new process
-            return tuple(candidates)
-        known = self.snapshot()
-        return tuple(sorted(candidates, key=lambda h: rank(known.get(h), target_session_attrs)))
+        ordered = tuple(sorted(candidates, key=lambda h: rank(known.get(h), target_session_attrs)))
+        if not shuffle:
+            valid_until = min((known[h].expires_at for h in hosts if h in known), default=math.inf)
+            self._orders[key] = (version, valid_until, ordered)
+        return ordered
 
     def record(self, host: Host, state: HostState, recheck: float) -> None:
         """What a connection to ``host`` found, remembered ``recheck`` seconds."""
@@ -110,7 +145,10 @@ class HostStatus:
             return
         now = self._clock()
         with self._lock:
+            old = self._records.get(host)
             self._records[host] = HostRecord(state, now, now + recheck)
+            if old is None or old.state is not state or old.expires_at <= now:
+                self._version += 1
 
     def record_role(self, host: Host, role: Role, recheck: float) -> None:
         self.record(host, HostState.of(role), recheck)

@@ -275,6 +275,8 @@ def active_search(connector: Connector, params: Mapping[str, Any]) -> tuple[Watc
     """The watcher of this host list and the end of its search, if one is under way (a
     thread walking the list past its first host, or the watcher itself): a new connect
     waits for it."""
+    if not _watchers:  # no host list of the process has waited yet
+        return None
     watcher = _watchers.get(watcher_key(connector, params))
     if watcher is not None:
         change = watcher.search_under_way()

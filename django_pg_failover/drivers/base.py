@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from types import ModuleType
 from typing import Any
@@ -25,6 +25,10 @@ _HOST_PREAMBLE = re.compile(
     r'(?:connection to server (?:at "[^"]*"(?: \([^)]*\))?, port \d+|on socket "[^"]*") '
     r"failed: )?"
 )
+
+
+#: ``PQTRANS_IDLE``: connected, no transaction open.
+TRANSACTION_IDLE_CODE = 0
 
 
 class TransactionStatus(enum.Enum):
@@ -49,6 +53,12 @@ class Driver(abc.ABC):
     minimum_reason: str
     #: What to ``pip install`` for a newer release ({} is the minimum version).
     upgrade: str
+    #: libpq's transaction status of a connection as a number (``PQtransactionStatus``),
+    #: read by a C accessor: ``retry_reads`` asks it before every read, and a
+    #: Python-level call there would cost every query.
+    transaction_status_code: Callable[[Any], int]
+    #: The parameter type the driver pastes into the SQL as it is; None if it has none.
+    raw_sql_type: type | None = None
 
     # -- identity ---------------------------------------------------------------------
 
@@ -163,9 +173,9 @@ class Driver(abc.ABC):
 
     # -- queries ------------------------------------------------------------------
 
-    @abc.abstractmethod
     def is_raw_sql(self, value: Any) -> bool:
         """A query parameter the driver pastes into the SQL as it is."""
+        return self.raw_sql_type is not None and isinstance(value, self.raw_sql_type)
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

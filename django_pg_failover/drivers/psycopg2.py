@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,8 @@ class Psycopg2Driver(Driver):
     minimum_version = (2, 9, 9)
     minimum_reason = "the oldest release Django 6 supports"
     upgrade = "'psycopg2-binary>={}' (or psycopg2, built against your libpq)"
+    transaction_status_code = operator.methodcaller("get_transaction_status")
+    raw_sql_type = psycopg2.extensions.AsIs
 
     def libpq_version(self) -> int:
         return psycopg2.extensions.libpq_version()
@@ -76,9 +79,6 @@ class Psycopg2Driver(Driver):
 
     def sqlstate(self, exc: BaseException | None) -> str | None:
         return getattr(exc, "pgcode", None)
-
-    def is_raw_sql(self, value: Any) -> bool:
-        return isinstance(value, psycopg2.extensions.AsIs)
 
 
 @functools.lru_cache(maxsize=256)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,11 @@ class Psycopg3Driver(Driver):
     minimum_version = (3, 1, 17)
     minimum_reason = "it tries every address of a host name"
     upgrade = "'psycopg[binary]>={}'"
+    # A property of the C PGconn (psycopg[binary] and psycopg[c]): no Python-level call.
+    transaction_status_code = operator.attrgetter("pgconn.transaction_status")
+    # psycopg 3 has no parameter type it pastes into the SQL: sql.SQL and
+    # friends are refused as parameters ("cannot adapt type 'SQL'").
+    raw_sql_type = None
 
     def libpq_version(self) -> int:
         return pq.version()
@@ -50,11 +56,16 @@ class Psycopg3Driver(Driver):
     def is_connect_timeout(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.errors.ConnectionTimeout)
 
+    # From the PGconn, not ``connection.info`` (a new object per access, and the
+    # connection's encoding looked up per value): read on every connect. Host
+    # names, ports and the settings asked for here are ASCII.
     def landed_on(self, connection: Any) -> tuple[str, int]:
-        return connection.info.host, int(connection.info.port)
+        pgconn = connection.pgconn
+        return pgconn.host.decode(), int(pgconn.port)
 
     def parameter_status(self, connection: Any, name: str) -> str | None:
-        return connection.info.parameter_status(name)
+        value = connection.pgconn.parameter_status(name.encode())
+        return None if value is None else value.decode()
 
     def transaction_status(self, connection: Any) -> TransactionStatus:
         status = connection.info.transaction_status
@@ -78,11 +89,6 @@ class Psycopg3Driver(Driver):
 
     def sqlstate(self, exc: BaseException | None) -> str | None:
         return getattr(exc, "sqlstate", None)
-
-    def is_raw_sql(self, value: Any) -> bool:
-        # psycopg 3 has no parameter type it pastes into the SQL: sql.SQL and
-        # friends are refused as parameters ("cannot adapt type 'SQL'").
-        return False
 
 
 @functools.lru_cache(maxsize=256)

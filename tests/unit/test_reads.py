@@ -161,12 +161,12 @@ def test_the_classification_is_cached_by_text() -> None:
 def test_raw_sql_parameters_psycopg2_asis() -> None:
     from psycopg2.extensions import AsIs
 
-    is_raw_sql = get_driver().is_raw_sql
-    assert not has_raw_sql_param(None, is_raw_sql)
-    assert not has_raw_sql_param(["a", 1, None], is_raw_sql)
-    assert not has_raw_sql_param({"key": "a"}, is_raw_sql)
-    assert has_raw_sql_param([1, AsIs("nextval('s')")], is_raw_sql)
-    assert has_raw_sql_param({"n": AsIs("1")}, is_raw_sql)
+    raw = get_driver().raw_sql_type
+    assert not has_raw_sql_param(None, raw)
+    assert not has_raw_sql_param(["a", 1, None], raw)
+    assert not has_raw_sql_param({"key": "a"}, raw)
+    assert has_raw_sql_param([1, AsIs("nextval('s')")], raw)
+    assert has_raw_sql_param({"n": AsIs("1")}, raw)
 
 
 @pytest.mark.skipif(get_driver().name != "psycopg", reason="psycopg 3's adaptation")
@@ -176,4 +176,5 @@ def test_psycopg3_refuses_sql_as_a_parameter_so_none_is_raw() -> None:
 
     with pytest.raises(psycopg.ProgrammingError, match="cannot adapt type 'SQL'"):
         adapt.Transformer().as_literal(sql.SQL("nextval('s')"))
-    assert not has_raw_sql_param([sql.SQL("x"), sql.Literal(1)], get_driver().is_raw_sql)
+    assert get_driver().raw_sql_type is None
+    assert not get_driver().is_raw_sql(sql.SQL("x"))
