@@ -17,7 +17,8 @@ A lost statement is re-run once, on a new connection, only when all of this hold
   plain ``INSERT``/``UPDATE``/``DELETE``/``MERGE`` into a table (no ``SET``,
   ``set_config()``, write to ``pg_settings``, advisory lock, temporary table,
   ``PREPARE``, ``LISTEN``, DDL, function of your own, or text the scanner
-  cannot classify: any of these ends read retry until the next connection);
+  cannot classify or does not read, being too long: any of these ends read
+  retry until the next connection);
 - the new session confirms what the text cannot show: every relation it reads
   is a plain table (or a partitioned table, or a materialized view) without
   row-level security, so no view, policy or foreign table runs code of its
@@ -38,7 +39,9 @@ A lost statement is re-run once, on a new connection, only when all of this hold
 What no client can see, and what therefore must not exist where retry_reads is
 on: a function that writes outside this server (``dblink``, a foreign server)
 and is hidden behind an immutable or stable label, or a C function that lies
-about its volatility.
+about its volatility. Names after a dot are checked for the lost read only: an
+earlier statement that called a function of your own so (``t.take_lock``)
+counts as a read, whatever that function did to the session.
 
 The work is done where it costs nothing on the healthy path: the statement's
 text is classified once and cached; the server is asked only after a loss.
