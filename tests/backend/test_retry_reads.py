@@ -10,6 +10,7 @@ from django.db import Error, OperationalError, connections, transaction
 
 from django_pg_failover import reads
 from django_pg_failover.lab import APP_USER, Cluster
+from django_pg_failover.lab.common import LOOPBACK, SUPERUSER
 from django_pg_failover.lab.system import wait_for
 from shop.models import Order
 
@@ -211,13 +212,13 @@ def remote_audit(cluster: Cluster) -> list[str]:
     dblink refuses a non-superuser a password-less connection: the function runs as its
     owner, the superuser. On its first run it waits (the test ends the session then).
     """
-    remote = f"host=127.0.0.1 port={cluster.primary.port} dbname=app user=postgres"
+    remote = f"host={LOOPBACK} port={cluster.primary.port} dbname=app user={SUPERUSER}"
     return [
         "CREATE EXTENSION dblink",
         "CREATE TABLE remote_audit (n int)",
         "CREATE TABLE audited (id int)",
         "INSERT INTO audited VALUES (1)",
-        "GRANT SELECT ON audited TO app",
+        f"GRANT SELECT ON audited TO {APP_USER}",
         "CREATE FUNCTION audit(audited) RETURNS int LANGUAGE sql VOLATILE SECURITY DEFINER AS $$"
         f"  SELECT dblink_exec('{remote}', 'INSERT INTO remote_audit VALUES (1)');"
         "  SELECT 1 FROM pg_sleep(CASE WHEN (SELECT count(*) FROM remote_audit) = 1 "
