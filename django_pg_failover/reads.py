@@ -17,19 +17,31 @@ A lost statement is re-run once, on a new connection, only when all of this hold
   plain ``INSERT``/``UPDATE``/``DELETE``/``MERGE`` into a table (no ``SET``,
   ``set_config()``, write to ``pg_settings``, advisory lock, temporary table,
   ``PREPARE``, ``LISTEN``, DDL, function of your own, or text the scanner
-  cannot classify: any of these ends read retry until the next connection);
+  cannot classify or does not read, being too long: any of these ends read
+  retry until the next connection);
 - the new session confirms what the text cannot show: every relation it reads
   is a plain table (or a partitioned table, or a materialized view) without
   row-level security, so no view, policy or foreign table runs code of its
   own, and every function it calls is immutable or stable (or one of a few
-  volatile built-ins without side effects, such as ``random()``);
+  volatile built-ins without side effects, such as ``random()``); and no
+  name written after a dot (``t.audit``, ``(t).audit``) is the name of a
+  volatile function the session can see: where the row has no column of
+  that name, PostgreSQL calls ``audit(t)``. The check counts every visible
+  volatile function of that name that can take one argument, whatever its
+  type: defaults, ``VARIADIC``, polymorphic and ``record`` parameters all
+  take a row, so matching types could only get it wrong. Which one the
+  server would call, or whether the row has that column, is not worked out:
+  a volatile function that shares a column's name costs a refusal, never a
+  write run twice;
 - and the re-run happens inside a read-only transaction: whatever the checks
   above could not see, a local write fails there instead of happening twice.
 
 What no client can see, and what therefore must not exist where retry_reads is
 on: a function that writes outside this server (``dblink``, a foreign server)
 and is hidden behind an immutable or stable label, or a C function that lies
-about its volatility.
+about its volatility. Names after a dot are checked for the lost read only: an
+earlier statement that called a function of your own so (``t.take_lock``)
+counts as a read, whatever that function did to the session.
 
 The work is done where it costs nothing on the healthy path: the statement's
 text is classified once and cached; the server is asked only after a loss.
@@ -68,6 +80,19 @@ _FUNCTIONS_SQL = (
     "FROM unnest(%s::text[]) AS f(name) "
     "LEFT JOIN pg_proc p ON p.proname = f.name AND pg_function_is_visible(p.oid) "
     "GROUP BY f.name"
+)
+
+# The volatile functions that "x.name" may call: those of that name that take one
+# argument, of any type (defaults, VARIADIC, polymorphic and record parameters all
+# take a row, a scalar too). A function without parameters or needing two cannot;
+# nor can one with an "internal" parameter (no SQL expression yields that type:
+# the tablesample methods system() and bernoulli() would otherwise stand in the
+# way of columns of those names).
+_ATTRIBUTES_SQL = (
+    "SELECT DISTINCT p.proname FROM pg_proc p "
+    "WHERE p.proname = ANY (%s::text[]) AND p.provolatile = 'v' "
+    "AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 "
+    "AND NOT 'internal'::regtype = ANY (p.proargtypes) AND pg_function_is_visible(p.oid)"
 )
 
 
@@ -126,6 +151,14 @@ def confirm_read(connection: Any, statement: Statement) -> str | None:
                         return f"{name}() is not a function this session can see"
                 elif "v" in volatilities and name not in _HARMLESS_VOLATILE:
                     return f"{name}() is volatile: it may write or change the session"
+        if statement.attributes:
+            cursor.execute(_ATTRIBUTES_SQL, [list(statement.attributes)])
+            for (name,) in cursor.fetchall():
+                if name not in _HARMLESS_VOLATILE:
+                    return (
+                        f"x.{name} calls {name}(x) unless x has a column {name}, "
+                        f"and {name}() is volatile: it may write or change the session"
+                    )
     return None
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import pytest
 from django.db import Error, OperationalError, connections, transaction
 
 from django_pg_failover import reads
-from django_pg_failover.lab import Cluster
+from django_pg_failover.lab import APP_USER, Cluster
+from django_pg_failover.lab.common import LOOPBACK, SUPERUSER
+from django_pg_failover.lab.system import wait_for
 from shop.models import Order
 
 pytestmark = pytest.mark.timeout(120)
@@ -198,6 +201,77 @@ def test_the_re_run_is_read_only_even_where_the_checks_were_fooled(
     assert any("re-running a read" in r.getMessage() for r in failover_log.records)
     assert any("the re-run tried to write" in r.getMessage() for r in failover_log.records)
     assert audit_rows(cluster) == 0
+
+
+# -- a function called as a column: "t.audit" is audit(t) when t has no column "audit" ----
+
+
+def remote_audit(cluster: Cluster) -> list[str]:
+    """A read whose function writes through dblink: a write no read-only transaction stops.
+
+    dblink refuses a non-superuser a password-less connection: the function runs as its
+    owner, the superuser. On its first run it waits (the test ends the session then).
+    """
+    remote = f"host={LOOPBACK} port={cluster.primary.port} dbname=app user={SUPERUSER}"
+    return [
+        "CREATE EXTENSION dblink",
+        "CREATE TABLE remote_audit (n int)",
+        "CREATE TABLE audited (id int)",
+        "INSERT INTO audited VALUES (1)",
+        f"GRANT SELECT ON audited TO {APP_USER}",
+        "CREATE FUNCTION audit(audited) RETURNS int LANGUAGE sql VOLATILE SECURITY DEFINER AS $$"
+        f"  SELECT dblink_exec('{remote}', 'INSERT INTO remote_audit VALUES (1)');"
+        "  SELECT 1 FROM pg_sleep(CASE WHEN (SELECT count(*) FROM remote_audit) = 1 "
+        "THEN 60 ELSE 0 END) $$",
+    ]
+
+
+def end_the_session_once_audited(cluster: Cluster) -> None:
+    """Terminate the app's session once its first run has written (and waits)."""
+
+    def audited_and_waiting() -> list[tuple]:
+        return cluster.primary.query(
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s AND wait_event = 'PgSleep' "
+            "AND (SELECT count(*) FROM remote_audit) = 1",
+            [APP_USER],
+            dbname="app",
+        )
+
+    pid = wait_for(audited_and_waiting, 30, "the first run's write")[0][0]
+    cluster.primary.query("SELECT pg_terminate_backend(%s)", [pid])
+
+
+FUNCTIONS_AS_COLUMNS = {
+    "qualified": "SELECT a.audit FROM audited a",
+    "parenthesized": "SELECT (a).audit FROM audited a",
+    "quoted": 'SELECT a."audit" FROM audited a',
+    "in where": "SELECT id FROM audited a WHERE a.audit = 1",
+}
+
+
+@pytest.mark.parametrize("case", FUNCTIONS_AS_COLUMNS)
+def test_a_volatile_function_called_as_a_column_is_never_re_run(
+    cluster: Cluster, make_alias, failover_log, case: str
+) -> None:
+    """``a.audit`` reads like a column; the server calls ``audit(a)``. Its write went
+    through dblink: a re-run, read-only transaction or not, would write it again."""
+    cluster.execute(*remote_audit(cluster), dbname="app")
+    alias = make_alias(OPTIONS=RETRY)
+    connections[alias].ensure_connection()
+    killer = threading.Thread(target=end_the_session_once_audited, args=(cluster,))
+    killer.start()
+    try:
+        raw(alias, FUNCTIONS_AS_COLUMNS[case])
+    except OperationalError:
+        lost = True
+    else:
+        lost = False
+    finally:
+        killer.join()
+    assert cluster.primary.scalar("SELECT count(*) FROM remote_audit", dbname="app") == 1
+    assert lost  # the original error, not the re-run's rows
+    assert not any("re-running a read" in r.getMessage() for r in failover_log.records)
+    assert any("audit() is volatile" in r.getMessage() for r in failover_log.records)
 
 
 def test_a_write_to_pg_settings_ends_read_retry(cluster: Cluster, make_alias, failover_log) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
+from django_pg_failover import statements
 from django_pg_failover.drivers import get_driver
 from django_pg_failover.reads import has_raw_sql_param
 from django_pg_failover.statements import Kind, classify
@@ -41,6 +44,17 @@ def test_reads_name_their_relations_and_functions() -> None:
         "other_table",
     )
     assert statement.functions == ("count", "lower", "extract")
+
+
+def test_reads_name_every_name_written_after_a_dot() -> None:
+    """``t.audit`` is a call of ``audit(t)`` when ``t`` has no column ``audit``."""
+    statement = classify(
+        'SELECT t.audit, (t).other, (t.id).scal, s.t."Col" FROM s.t '
+        "WHERE (SELECT x FROM u).w = 1 AND arr[1].f > 0 ORDER BY t.audit, 'a.b', 1.5"
+    )
+    assert statement.kind is Kind.READ
+    assert statement.attributes == ("audit", "other", "id", "scal", "t", "Col", "w", "f")
+    assert classify("SELECT audit FROM t").attributes == ()
 
 
 PLAINS = [
@@ -155,6 +169,63 @@ def test_the_classification_is_cached_by_text() -> None:
     assert classify(sql) is classify(
         "".join(["SELECT id FROM shop_order ", "WHERE id = %s -- cached"])
     )
+
+
+@pytest.fixture
+def empty_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache is the process's: start this test with an empty one, and give it back."""
+    monkeypatch.setattr(statements, "_cache", {})
+    monkeypatch.setattr(statements, "_cache_bytes", 0)
+
+
+def insert_of(rows: int) -> str:
+    """What bulk_create() sends for ``rows`` rows of two fields."""
+    return 'INSERT INTO "shop_order" ("key", "amount") VALUES ' + ", ".join(["(%s, %s)"] * rows)
+
+
+def test_a_text_too_long_to_scan_is_other_and_not_kept(empty_cache) -> None:
+    """Not read at all: a scan would find a WRITE, the length alone makes it OTHER."""
+    for sql in (insert_of(65_000), "SELECT 1" + " " * statements.MAX_SCANNED):
+        assert len(sql) > statements.MAX_SCANNED
+        assert classify(sql).kind is Kind.OTHER
+        assert statements._cache == {}
+    assert statements._classify(insert_of(2000)).kind is Kind.PLAIN  # what a scan says
+    longest = insert_of((statements.MAX_SCANNED - len(insert_of(1))) // 10 + 1)
+    assert len(longest) <= statements.MAX_SCANNED < len(longest) + 10
+    assert classify(longest).kind is Kind.PLAIN
+    assert list(statements._cache) == [longest]
+
+
+def in_query(values: int) -> str:
+    return (
+        'SELECT "shop_order"."id", "shop_order"."key" FROM "shop_order" '
+        f'WHERE "shop_order"."id" IN ({", ".join(["%s"] * values)})'
+    )
+
+
+def test_the_cache_stays_within_its_memory_bound(
+    empty_cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Distinct IN (...) lists, each kept: their texts never take more than CACHE_BYTES."""
+    monkeypatch.setattr(statements, "CACHE_BYTES", 32 * 1024)
+    kept = 0
+    for values in range(1, 301):
+        sql = in_query(values)
+        assert classify(sql).kind is Kind.READ
+        kept += sys.getsizeof(sql)
+        assert statements._cache_bytes == sum(sys.getsizeof(s) for s in statements._cache)
+        assert statements._cache_bytes <= statements.CACHE_BYTES
+        assert sql in statements._cache  # the latest is always kept
+    assert kept > 4 * statements.CACHE_BYTES  # so the bound was met, and held
+
+
+def test_the_cache_stays_within_its_number_bound(
+    empty_cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(statements, "CACHE_ENTRIES", 10)
+    for values in range(1, 50):
+        classify(in_query(values))
+        assert 1 <= len(statements._cache) <= 10
 
 
 @pytest.mark.skipif(get_driver().name != "psycopg2", reason="AsIs is psycopg2's type")
