@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from time import monotonic
 from typing import Any
 
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.utils import DatabaseErrorWrapper, OperationalError
-from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 
 from .drivers import get_driver
@@ -58,16 +56,17 @@ class FailoverErrorWrapper(DatabaseErrorWrapper):
     and tell the wrapper what went wrong before Django translates the error.
 
     Django runs ``__enter__`` and ``__exit__`` around every call (its own do
-    nothing): these replace them at no extra Python call. The bodies stay
-    inline, attribute reads and writes only, as the healthy path of every
-    query runs them.
+    nothing): these replace them at no extra call. The bodies stay inline,
+    attribute reads and writes only (no clock read either), as the healthy
+    path of every query and fetch runs them.
     """
 
     def __enter__(self) -> None:
         wrapper = self.wrapper
         if wrapper.connected_stall_timeout is not None:
             if not wrapper.call_depth:
-                wrapper.call_started = monotonic()
+                # Small numbers only: Python keeps one object of each (nothing allocated).
+                wrapper.call_number = (wrapper.call_number + 1) & 255
             wrapper.call_depth += 1
 
     def __exit__(self, exc_type, exc_value, traceback):
@@ -101,7 +100,10 @@ class HostListDatabase:
         self._wrapper = wrapper
 
     def connect(self, **params: Any) -> Any:
-        return self._wrapper.connector.connect(params).connection
+        # Django has just read get_connection_params(): the settings are current, and
+        # so is the connector if there is one.
+        wrapper = self._wrapper
+        return (wrapper._connector or wrapper.connector).connect(params).connection
 
     def __getattr__(self, name: str) -> Any:
         return getattr(driver.module, name)
@@ -121,11 +123,11 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.server_fd: int | None = None
         #: stall_timeout for the open connection (None: not watched), read per call.
         self.connected_stall_timeout: float | None = None
-        #: Calls in flight on the connection (nested error wrappers), when the
-        #: outermost began, and why the stall watchdog gave it up (:mod:`.stall`).
+        #: Calls in flight on the connection (nested error wrappers), the number
+        #: of the outermost, and why the stall watchdog gave it up (:mod:`.stall`).
         self.call_depth = 0
-        self.call_started = 0.0
-        self.call_given_up: tuple[float, str] | None = None
+        self.call_number = 0
+        self.call_given_up: tuple[int, str] | None = None
         self._settings_source: tuple | None = None
         self._settings_key: str | None = None
         self._settings: FailoverSettings | None = None
@@ -241,8 +243,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             loss.check_can_connect(self)
         super().connect()
 
-    @async_unsafe
-    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:  # async_unsafe: super()
         connection = super().get_new_connection(conn_params)
         self.server = Host(*driver.landed_on(connection))
         self.server_fd = driver.socket_fd(connection)

@@ -59,7 +59,7 @@ from django.db.backends.utils import CursorWrapper
 from django.db.utils import DatabaseError, OperationalError
 
 from .drivers import TRANSACTION_IDLE_CODE
-from .statements import SQL_CONSTRUCTS, Kind, Statement, classify
+from .statements import SQL_CONSTRUCTS, Kind, Statement, cached_statement, classify
 
 logger = logging.getLogger("django_pg_failover")
 
@@ -171,12 +171,12 @@ class ReadRetryMixin:
     """Re-run a lost plain read once; note every statement that may change the session."""
 
     def execute(self, sql: Any, params: Any = None) -> Any:
-        # Run before every query while retry_reads is on: one Python-level call
-        # (classify(), a dictionary lookup once the text was seen), the rest inline.
+        # Run before every query while retry_reads is on: a text seen before is
+        # a dictionary lookup, the rest is inline.
         # Could the read be re-run if its connection were lost? Only outside
         # transactions, on a session nothing changed.
         db = self.db
-        statement = classify(sql)
+        statement = (sql.__class__ is str and cached_statement(sql)) or classify(sql)
         kind = statement.kind
         if kind is Kind.READ:
             driver = db.driver

@@ -7,14 +7,15 @@ makes a query, a COMMIT or a health check wait forever: keepalives and
 
 - every call the backend makes to the server is noted on the wrapper when it
   starts and when it ends (the error wrapper Django puts around each call,
-  and the health check): a depth counter and a start time, written in place.
-  No object, no lock, no Python call per query: the healthy path pays two
-  attribute writes and a clock read;
+  and the health check): a depth counter and a call number, written in
+  place. No object, no lock, no clock read, no call of any kind per query:
+  the healthy path pays a few attribute writes;
 - one watchdog thread per process knows the wrappers with an open, watched
-  connection (they sign up when they connect). It sleeps until the earliest
-  moment a call could have waited ``stall_timeout``, then looks at the calls
-  in flight. Once one has waited that long, it asks whether its server is
-  still alive: a new connection to it, bounded by ``connect_timeout``;
+  connection (they sign up when they connect) and looks at them every
+  quarter of ``stall_timeout``. A call it finds in flight under the same
+  number for ``stall_timeout`` has waited at least that long (at most a
+  quarter more). Then it asks whether the call's server is still alive: a new
+  connection to it, bounded by ``connect_timeout``;
 - a server that answers is left alone (a long query is the server's business:
   ``statement_timeout`` is the tool for it), and asked again after another
   ``stall_timeout``; a server that does not answer has the call's socket shut
@@ -22,9 +23,13 @@ makes a query, a COMMIT or a health check wait forever: keepalives and
   outside an atomic block connects anew.
 
 The watchdog and the calling thread share no lock. A call is known by its
-start time: the watchdog gives up the call it checked only if that call is
-still the one in flight, and the calling thread, when its call fails, reads
-whether the watchdog gave that very call up (to say so in the error).
+number: the watchdog gives up the call it checked only if that call is still
+the one in flight, and the calling thread, when its call fails, reads whether
+the watchdog gave that very call up (to say so in the error). Numbers count
+to 255 and start again (Python keeps one object for each small number: a
+call allocates nothing). A busy connection could show the same number at
+every look of the watchdog by chance (1 in 256 per look, four looks in a
+row): that costs one check of a server that answers, never a call given up.
 """
 
 from __future__ import annotations
@@ -62,12 +67,13 @@ class StallWatch:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._wrappers: weakref.WeakSet[DatabaseWrapper] = weakref.WeakSet()
-        #: Per wrapper, the call the watchdog is checking or left alone (its start
-        #: time) and when to look at it again (inf while a check runs).
-        self._looks: dict[int, tuple[float, float]] = {}
+        #: Per wrapper, the call seen in flight (its number) and when it is due:
+        #: ``stall_timeout`` after it was first seen, later again once a check
+        #: left it alone, never while a check of it runs.
+        self._seen: dict[int, tuple[int, float]] = {}
         self._thread: threading.Thread | None = None
-        #: When the watchdog will look next, as it went to sleep.
-        self._next_look = math.inf
+        #: The watchdog's period, as it went to sleep.
+        self._period = math.inf
 
     def after_fork_in_child(self) -> None:
         self._reset()
@@ -86,9 +92,8 @@ class StallWatch:
                     target=self._watch, name="pg-failover-stall-watch", daemon=True
                 )
                 self._thread.start()
-            elif time.monotonic() + stall_timeout < self._next_look:
-                # Asleep for longer than this connection's first call may take.
-                self._wake.notify()
+            elif stall_timeout < self._period * 4:  # (see _period())
+                self._wake.notify()  # asleep for longer than this connection allows
 
     @contextmanager
     def guard(self, wrapper: DatabaseWrapper) -> Iterator[None]:
@@ -96,7 +101,8 @@ class StallWatch:
         watched = wrapper.connected_stall_timeout is not None
         if watched:
             if not wrapper.call_depth:
-                wrapper.call_started = time.monotonic()
+                # Small numbers only: Python keeps one object of each (nothing allocated).
+                wrapper.call_number = (wrapper.call_number + 1) & 255
             wrapper.call_depth += 1
         try:
             yield
@@ -111,8 +117,8 @@ class StallWatch:
         if record is None:
             return None
         wrapper.call_given_up = None
-        started, reason = record
-        return reason if started == wrapper.call_started else None
+        number, reason = record
+        return reason if number == wrapper.call_number else None
 
     # -- the watchdog -----------------------------------------------------------------
 
@@ -129,47 +135,44 @@ class StallWatch:
         while True:
             with self._lock:
                 now = time.monotonic()
-                due, next_look = self._due_calls(now)
-                if next_look < math.inf or due:
+                due, period = self._due_calls(now)
+                if period < math.inf:
                     idle_since = now
                 elif now - idle_since > _IDLE_EXIT:
                     return
                 if not due:
-                    self._next_look = min(next_look, idle_since + _IDLE_EXIT + 1.0)
-                    self._wake.wait(max(self._next_look - now, 0.0))
-                    self._next_look = math.inf
+                    self._period = min(period, _IDLE_EXIT)
+                    self._wake.wait(self._period)
+                    self._period = math.inf
                     continue
-            for wrapper, started in due:
-                workers.submit(self._check, wrapper, started)
+            for wrapper, number in due:
+                workers.submit(self._check, wrapper, number)
 
-    def _due_calls(self, now: float) -> tuple[list[tuple[DatabaseWrapper, float]], float]:
-        """The calls that have waited long enough (marked as being checked), and when
-        the next one could have (the lock held)."""
-        due: list[tuple[DatabaseWrapper, float]] = []
-        next_look = math.inf
-        looks: dict[int, tuple[float, float]] = {}
+    def _due_calls(self, now: float) -> tuple[list[tuple[DatabaseWrapper, int]], float]:
+        """The calls that have waited long enough (marked as being checked), and how
+        soon to look again (the lock held)."""
+        due: list[tuple[DatabaseWrapper, int]] = []
+        period = math.inf
+        seen: dict[int, tuple[int, float]] = {}
         for wrapper in list(self._wrappers):
             stall_timeout = wrapper.connected_stall_timeout
             if stall_timeout is None or wrapper.connection is None:
                 self._wrappers.discard(wrapper)
                 continue
-            key = id(wrapper)
+            period = min(period, _period(stall_timeout))
             if not wrapper.call_depth:
-                # A call starting from now on cannot have waited long enough sooner.
-                next_look = min(next_look, now + stall_timeout)
                 continue
-            started = wrapper.call_started
-            look = self._looks.get(key)
-            when = look[1] if look is not None and look[0] == started else started + stall_timeout
+            key, number = id(wrapper), wrapper.call_number
+            before = self._seen.get(key)
+            when = before[1] if before is not None and before[0] == number else now + stall_timeout
             if when <= now:
-                due.append((wrapper, started))
+                due.append((wrapper, number))
                 when = math.inf  # being checked
-            looks[key] = (started, when)
-            next_look = min(next_look, when)
-        self._looks = looks
-        return due, next_look
+            seen[key] = (number, when)
+        self._seen = seen
+        return due, period
 
-    def _check(self, wrapper: DatabaseWrapper, started: float) -> None:
+    def _check(self, wrapper: DatabaseWrapper, number: int) -> None:
         """Is the server of a call that has waited ``stall_timeout`` still alive?"""
         host, fd, stall_timeout = wrapper.server, wrapper.server_fd, wrapper.connected_stall_timeout
         if host is None or fd is None or stall_timeout is None:
@@ -180,30 +183,33 @@ class StallWatch:
             problem = None
             logger.exception("database alias %r: liveness check failed: %s", wrapper.alias, exc)
         with self._lock:
-            now = time.monotonic()
-            if not (wrapper.call_depth and wrapper.call_started == started):
+            if not (wrapper.call_depth and wrapper.call_number == number):
                 return  # the call ended meanwhile: its connection is left alone
-            waited = now - started
             if problem is None:
-                self._looks[id(wrapper)] = (started, now + stall_timeout)
-                self._wake.notify()
+                self._seen[id(wrapper)] = (number, time.monotonic() + stall_timeout)
                 logger.info(
-                    "database alias %r: a call has waited %.1fs on %s, which answers: left alone",
+                    "database alias %r: a call has waited over %gs on %s, which answers: "
+                    "left alone",
                     wrapper.alias,
-                    waited,
+                    stall_timeout,
                     host,
                 )
                 return
             reason = (
-                f"{host} did not answer for {waited:.1f}s "
-                f"(stall_timeout={stall_timeout:g}s) and a new connection to it failed: "
-                f"{problem}"
+                f"{host} did not answer for over {stall_timeout:g}s (stall_timeout) "
+                f"and a new connection to it failed: {problem}"
             )
             # Written before the socket is shut down: the calling thread, woken by
             # it, finds why.
-            wrapper.call_given_up = (started, reason)
+            wrapper.call_given_up = (number, reason)
             _shut_down(fd)
         logger.warning("database alias %r: giving up a call: %s", wrapper.alias, reason)
+
+
+def _period(stall_timeout: float) -> float:
+    """How often the watchdog looks at calls: a stalled one is found between
+    ``stall_timeout`` and a quarter more."""
+    return stall_timeout / 4
 
 
 def _shut_down(fd: int) -> None:

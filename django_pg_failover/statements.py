@@ -429,6 +429,10 @@ _cache: dict[str, Statement] = {}
 _cache_bytes = 0  # what the texts in _cache take
 _cache_lock = threading.Lock()  # a miss only: a hit takes no lock
 
+#: A text's statement if it is cached, else None: what a query with retry_reads on
+#: looks up (a built-in call: the dictionary is emptied in place, never replaced).
+cached_statement = _cache.get
+
 
 def classify(sql: object) -> Statement:
     """The kind of ``sql`` (cached by text: the ORM sends the same texts again and again)."""

@@ -39,14 +39,14 @@ class HostState(enum.Enum):
 
     @classmethod
     def of(cls, role: Role) -> HostState:
-        return _STATE_OF_ROLE[role]
+        return _STATE_OF_ROLE[role._value_]  # (an enum member's hash runs in Python)
 
     @property
     def role(self) -> Role | None:
         return _ROLE_OF_STATE[self]
 
 
-_STATE_OF_ROLE = {role: HostState(role.value) for role in Role}
+_STATE_OF_ROLE = {role.value: HostState(role.value) for role in Role}
 _ROLE_OF_STATE = {
     state: None if state is HostState.DOWN else Role(state.value) for state in HostState
 }

@@ -31,12 +31,7 @@ def role_from(in_hot_standby: bool, default_read_only: bool) -> Role:
     return Role.READ_ONLY_PRIMARY if default_read_only else Role.PRIMARY
 
 
-def suits(role: Role, target_session_attrs: str) -> bool:
-    """Whether libpq would accept a server of ``role`` for ``target_session_attrs``.
-
-    ``prefer-standby`` is settled by the caller: a standby suits it, and any
-    server does once no standby answered.
-    """
+def _suits(role: Role, target_session_attrs: str) -> bool:
     if target_session_attrs == "read-write":
         return not role.read_only
     if target_session_attrs == "read-only":
@@ -46,6 +41,21 @@ def suits(role: Role, target_session_attrs: str) -> bool:
     if target_session_attrs in ("standby", "prefer-standby"):
         return role.in_recovery
     return True  # any
+
+
+_TARGETS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+# Keyed by the role's value: an enum member's own hash is computed in Python, and
+# this is asked on every connect.
+_SUITS = {(role._value_, target): _suits(role, target) for role in Role for target in _TARGETS}
+
+
+def suits(role: Role, target_session_attrs: str) -> bool:
+    """Whether libpq would accept a server of ``role`` for ``target_session_attrs``.
+
+    ``prefer-standby`` is settled by the caller: a standby suits it, and any
+    server does once no standby answered.
+    """
+    return _SUITS[role._value_, target_session_attrs]
 
 
 def accepts_fallback(target_session_attrs: str) -> bool:

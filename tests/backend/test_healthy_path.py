@@ -1,10 +1,11 @@
 """When nothing fails, the backend costs what Django's own backend costs: counted, not timed.
 
-Python-level calls (``sys.setprofile``'s ``call`` events: every function and
-generator frame run in Python) are counted for the same work done through this
-backend and through Django's stock backend, on the same lab server, in the
-same process. A count holds on a noisy machine where a timing would not. The
-budgets (docs/comparison.rst, "The healthy path"):
+Calls are counted as cProfile counts them (``sys.setprofile``'s ``call`` and
+``c_call`` events: every function and generator frame run in Python, and
+every built-in called) for the same work done through this backend and
+through Django's stock backend, on the same lab server, in the same process.
+A count holds on a noisy machine where a timing would not. The budgets
+(docs/comparison.rst, "The healthy path"):
 
 - a query (``execute`` then ``fetchone`` on a Django cursor): at most one call
   more than stock; a client-side fetch alone: none more;
@@ -37,8 +38,8 @@ pytestmark = pytest.mark.timeout(120)
 
 QUERY_BUDGET = 1
 FETCH_BUDGET = 0
-RETRY_READS_BUDGET = 4
-CONNECT_BUDGET = 60
+RETRY_READS_BUDGET = 7
+CONNECT_BUDGET = 75
 POOL_CHECKOUT_BUDGET = 15
 
 
@@ -54,12 +55,12 @@ def quiet_gc() -> Iterator[None]:
 
 
 def python_calls(work: Callable[[], object], times: int = 50) -> float:
-    """Python-level calls per run of ``work``, in this thread."""
+    """Calls (Python functions and built-ins) per run of ``work``, in this thread."""
     calls = 0
 
     def profile(frame, event, arg) -> None:
         nonlocal calls
-        if event == "call":
+        if event == "call" or event == "c_call":
             calls += 1
 
     work()  # caches warm, lazy imports done
@@ -118,11 +119,11 @@ def test_a_query_costs_at_most_one_call_more_than_stock(aliases: dict[str, str])
 
 def test_queries_leave_nothing_of_ours_allocated(aliases: dict[str, str]) -> None:
     query, _ = query_work(aliases["ours_reads"])
-    query()
     package = tracemalloc.Filter(True, "*django_pg_failover*")
     with quiet_gc():
         tracemalloc.start()
         try:
+            query()  # what a query replaces (the start time of the last call) is traced too
             before = tracemalloc.take_snapshot().filter_traces([package])
             for _ in range(500):
                 query()
