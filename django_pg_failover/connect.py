@@ -160,6 +160,8 @@ class Connector:
         self.failing = False
         #: ...because every host refused for good.
         self.refused_for_good = False
+        #: The process's watcher of this host list, once a connect waited for one.
+        self.watcher: Watcher | None = None
 
     # -- one attempt ------------------------------------------------------------------
 

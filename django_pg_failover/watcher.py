@@ -268,6 +268,9 @@ def watcher_for(connector: Connector, params: Mapping[str, Any]) -> Watcher:
         watcher = _watchers.get(key)
         if watcher is None:
             watcher = _watchers[key] = Watcher(key, connector, params)
+        # Remembered by the connector (one alias's settings in one thread: one
+        # key), for the question every connect asks (active_search()).
+        connector.watcher = watcher
         return watcher
 
 
@@ -275,19 +278,27 @@ def active_search(connector: Connector, params: Mapping[str, Any]) -> tuple[Watc
     """The watcher of this host list and the end of its search, if one is under way (a
     thread walking the list past its first host, or the watcher itself): a new connect
     waits for it."""
-    if not _watchers:  # no host list of the process has waited yet
+    watcher = connector.watcher
+    if watcher is None:
+        if not _watchers:  # no host list of the process has waited yet
+            return None
+        # Another connector (another thread's wrapper) of the same list may have.
+        watcher = _watchers.get(watcher_key(connector, params))
+        if watcher is None:
+            return None
+        connector.watcher = watcher
+    # A look without the lock first: every connect asks, and seldom is the answer yes.
+    if not (watcher._leading or watcher._thread is not None):
         return None
-    watcher = _watchers.get(watcher_key(connector, params))
-    if watcher is not None:
-        change = watcher.search_under_way()
-        if change is not None:
-            return watcher, change
+    change = watcher.search_under_way()
+    if change is not None:
+        return watcher, change
     return None
 
 
 def forget_failures(connector: Connector, params: Mapping[str, Any]) -> None:
     """A connection was made: the failures remembered for the error message are past."""
-    watcher = _watchers.get(watcher_key(connector, params))
+    watcher = connector.watcher or _watchers.get(watcher_key(connector, params))
     if watcher is not None:
         watcher.failures.clear()
 

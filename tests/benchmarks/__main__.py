@@ -129,16 +129,20 @@ def print_table(variant: str, r: dict) -> None:
         return str(value)
 
     def timed(name: str, c: dict, ours: str = "ours", stock: str = "stock") -> None:
+        cpu = c["cpu"]
         row(
             name,
             c[stock],
             c[ours],
-            f"{c['ratio']:.3f}  (fastest slices {c['best']:.3f}; "
+            f"{c['ratio']:.3f}  cpu {cpu['ratio']:.3f} [{cpu['q1']:.3f}-{cpu['q3']:.3f}]  "
+            f"(wall: fastest slices {c['best']:.3f}; "
             f"{c['slices']} pairs, quartiles {c['q1']:.3f}-{c['q3']:.3f})",
         )
 
     print(f"\n{variant} ({r['driver']})")
-    row("scenario", "stock", "ours", "ours/stock")
+    row("scenario (wall time; cpu = client CPU, process_time)", "stock", "ours", "ours/stock")
+    timed("cursor execute + fetchone x200, median slice (s)", r["cursor_query"])
+    timed("  the same with retry_reads on", r["cursor_query_retry_reads"], ours="ours_reads")
     timed("ORM get() x100, one connection, median slice (s)", r["orm_get"])
     timed("  the same with retry_reads on", r["orm_get_retry_reads"], ours="ours_reads")
     timed("1000-row INSERT in atomic, median (s)", r["bulk_insert"])
@@ -148,6 +152,7 @@ def print_table(variant: str, r: dict) -> None:
         ours="ours_reads",
         stock="ours",
     )
+    timed("ensure_connection + close x5, median slice (s)", r["connect_close"])
     timed("connect + SELECT 1 + close x5, median slice (s)", r["connect"])
     if "request_cycle" in r:
         timed("request cycle x50, persistent connection (s)", r["request_cycle"])

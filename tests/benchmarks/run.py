@@ -31,6 +31,12 @@ def run(cluster: Cluster, pool: bool, args: argparse.Namespace) -> dict:
     say = lambda text: print(f"  {text}", file=sys.stderr, flush=True)  # noqa: E731
 
     slices = args.rounds * SLICES_PER_ROUND
+    say("a raw cursor's execute + fetchone, retry_reads off and on")
+    times = scenarios.time_slices(
+        {s: scenarios.cursor_queries(s, 200) for s in (*SIDES, "ours_reads")}, slices
+    )
+    result["cursor_query"] = scenarios.compare(times)
+    result["cursor_query_retry_reads"] = scenarios.compare(times, ours="ours_reads")
     say("ORM get(), retry_reads off and on")
     times = scenarios.time_slices(
         {s: scenarios.orm_queries(s, pk, 100) for s in (*SIDES, "ours_reads")}, slices
@@ -42,6 +48,10 @@ def run(cluster: Cluster, pool: bool, args: argparse.Namespace) -> dict:
     times = scenarios.time_slices(inserts, slices // 4)
     result["bulk_insert"] = scenarios.compare(times)
     result["bulk_insert_reads_vs_off"] = scenarios.compare(times, ours="ours_reads", stock="ours")
+    say("ensure_connection() + close()")
+    result["connect_close"] = scenarios.compare(
+        scenarios.time_slices({s: scenarios.connect_close(s, 5) for s in SIDES}, slices)
+    )
     say("connect + SELECT 1 + close")
     result["connect"] = scenarios.compare(
         scenarios.time_slices({s: scenarios.connects(s, 5) for s in SIDES}, slices)

@@ -28,29 +28,69 @@ SIDES = ("stock", "ours")
 # -- steady state -----------------------------------------------------------------------
 
 
-def time_slices(work: dict[str, Callable[[], None]], slices: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {side: [] for side in work}
+def time_slices(
+    work: dict[str, Callable[[], None]], slices: int
+) -> dict[str, dict[str, list[float]]]:
+    """Each side's slices: wall time and the process's CPU time (``process_time``:
+    every thread of the process, the backend's own included)."""
+    times: dict[str, dict[str, list[float]]] = {side: {"wall": [], "cpu": []} for side in work}
     names = list(work)
     for n in range(slices):
         for side in names if n % 2 == 0 else names[::-1]:
-            started = time.perf_counter()
+            cpu, started = time.process_time(), time.perf_counter()
             work[side]()
-            times[side].append(time.perf_counter() - started)
+            times[side]["wall"].append(time.perf_counter() - started)
+            times[side]["cpu"].append(time.process_time() - cpu)
     return times
 
 
-def compare(times: dict[str, list[float]], ours: str = "ours", stock: str = "stock") -> dict:
-    pairs = [o / s for o, s in zip(times[ours], times[stock], strict=True)]
+def compare(
+    times: dict[str, dict[str, list[float]]], ours: str = "ours", stock: str = "stock"
+) -> dict:
+    """Wall time as ours/stock ratios, with the same for CPU time under ``cpu``."""
+    result = _ratios(times[ours]["wall"], times[stock]["wall"], ours, stock)
+    result["cpu"] = _ratios(times[ours]["cpu"], times[stock]["cpu"], ours, stock)
+    return result
+
+
+def _ratios(ours_times: list[float], stock_times: list[float], ours: str, stock: str) -> dict:
+    pairs = [o / s for o, s in zip(ours_times, stock_times, strict=True) if s > 0]
     quartiles = statistics.quantiles(pairs, n=4)
     return {
-        stock: statistics.median(times[stock]),
-        ours: statistics.median(times[ours]),
+        stock: statistics.median(stock_times),
+        ours: statistics.median(ours_times),
         "ratio": statistics.median(pairs),
-        "best": min(times[ours]) / min(times[stock]),
+        "best": min(ours_times) / min(stock_times),
         "q1": quartiles[0],
         "q3": quartiles[2],
         "slices": len(pairs),
     }
+
+
+def cursor_queries(alias: str, count: int) -> Callable[[], None]:
+    """A raw Django cursor: ``execute("SELECT %s")`` then ``fetchone()``, ``count`` times."""
+    from django.db import connections
+
+    def run() -> None:
+        with connections[alias].cursor() as cursor:
+            for _ in range(count):
+                cursor.execute("SELECT %s", [1])
+                cursor.fetchone()
+
+    return run
+
+
+def connect_close(alias: str, count: int) -> Callable[[], None]:
+    """``ensure_connection()`` then ``close()``: what a request with CONN_MAX_AGE = 0 pays."""
+    from django.db import connections
+
+    def run() -> None:
+        for _ in range(count):
+            connection = connections[alias]
+            connection.ensure_connection()
+            connection.close()
+
+    return run
 
 
 def orm_queries(alias: str, pk: int, count: int) -> Callable[[], None]:
