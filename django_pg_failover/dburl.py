@@ -158,11 +158,15 @@ def parse(
     ``verify-full``). ``options`` are ``OPTIONS`` that the URL's parameters
     override (``failover`` merged key by key): defaults kept in code.
     """
-    entry = _django_settings(
-        conn_max_age, conn_health_checks, disable_server_side_cursors, ssl_require, test_options
-    )
-    base = _base_options(options)
     secrets = _secrets(url) if isinstance(url, str) else []
+    try:
+        entry = _django_settings(
+            conn_max_age, conn_health_checks, disable_server_side_cursors, ssl_require, test_options
+        )
+        base = _base_options(options)
+    except DatabaseURLError as exc:
+        # The URL's password given to the wrong argument is cut out too.
+        raise DatabaseURLError(exc.source, scrub(exc.problem, secrets)) from None
     try:
         entry = {**_entry(url, base, ssl_require, secrets), **entry}
     except _Problem as exc:

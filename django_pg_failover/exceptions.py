@@ -25,8 +25,8 @@ class SettingsError(ImproperlyConfigured):
     ) -> None:
         # A key is the user's too (a misspelt OPTIONS key): written like a value.
         path = "".join(f"[{redacted(key)}]" for key in keys)
-        where = f"DATABASES[{alias!r}]{path}" if alias is not None else f"DATABASES[...]{path}"
-        super().__init__(f"{where}: {problem}")
+        where = "DATABASES[...]" if alias is None else f"DATABASES[{redacted(alias)}]"
+        super().__init__(f"{where}{path}: {problem}")
         self.alias = alias
         self.check_id = check_id
         #: The setting's path below the alias (``("HOST", 1)``) and what is wrong

@@ -138,7 +138,7 @@ def host_name_problem(name: str) -> str | None:
         return "write an internationalised name in its ASCII form (xn--..., IDNA), as DNS holds it"
     bad = _NOT_IN_A_NAME.search(name)
     if bad is not None:
-        return f"{bad.group()!r} is not a letter, digit, '-', '_' or '.'"
+        return f"{redacted(bad.group())} is not a letter, digit, '-', '_' or '.'"
     absolute = name.removesuffix(".")
     if len(absolute) > MAX_NAME:
         return f"it is {len(absolute)} characters long, DNS allows {MAX_NAME}"
