@@ -85,6 +85,27 @@ def _port(value: Any, alias: str | None, keys: tuple[str | int, ...]) -> int:
     return value
 
 
+def _refuse_credentials(text: str, alias: str | None, keys: tuple[str | int, ...]) -> None:
+    """A URL or ``user:password@host`` where a host belongs: said so, the password hidden."""
+    if "://" in text:
+        raise _problem(
+            alias,
+            keys,
+            f"{redacted(text)} is a database URL, not a host: give the URL to "
+            "django_pg_failover.config(), or list its hosts in HOST and its user name "
+            "and password in USER and PASSWORD",
+            HOST_CHECK,
+        )
+    if "@" in text:
+        raise _problem(
+            alias,
+            keys,
+            f"{redacted(text)} is not a host: a user name and password go in USER and "
+            "PASSWORD, not in HOST",
+            HOST_CHECK,
+        )
+
+
 def _split_entry(
     entry: str, alias: str | None, keys: tuple[str | int, ...]
 ) -> tuple[str, str | None]:
@@ -95,23 +116,7 @@ def _split_entry(
                 alias, keys, f"{redacted(entry)}: a folder name may not hold a comma", HOST_CHECK
             )
         return entry, None
-    if "://" in entry:
-        raise _problem(
-            alias,
-            keys,
-            f"{redacted(entry)} is a database URL, not a host: give the URL to "
-            "django_pg_failover.config(), or list its hosts in HOST and its user name "
-            "and password in USER and PASSWORD",
-            HOST_CHECK,
-        )
-    if "@" in entry:
-        raise _problem(
-            alias,
-            keys,
-            f"{redacted(entry)} is not a host: a user name and password go in USER and "
-            "PASSWORD, not in HOST",
-            HOST_CHECK,
-        )
+    _refuse_credentials(entry, alias, keys)
     if entry.startswith("["):
         match = _BRACKETED.match(entry)
         if not match:
@@ -176,7 +181,11 @@ def _entries(host_setting: Any, alias: str | None) -> list[Any]:
                 "'/var/run/postgresql' for a local server)",
                 HOST_CHECK,
             )
-        return host_setting.split(",")
+        entries = host_setting.split(",")
+        if any(not entry.strip().startswith("/") for entry in entries):
+            # Before the string is cut at its commas: a password may hold one.
+            _refuse_credentials(host_setting.strip(), alias, keys)
+        return entries
     if isinstance(host_setting, (list, tuple)):
         if not host_setting:
             raise _problem(alias, keys, "the host list is empty", HOST_CHECK)

@@ -93,6 +93,7 @@ def test_accepted_forms(host, port, expected) -> None:
         # A user name and password, or a whole URL: said so, the password not shown.
         (["app:pw@db1"], None, "'app:***@db1' is not a host: a user name and password go in"),
         ("postgresql://app:pw@db1/app", None, "'postgresql://app:***@db1/app' is a database URL"),
+        ("db1, app:p,w@db2", None, "['HOST']: 'db1, app:***@db2' is not a host"),
         (["/bad,folder"], None, "may not hold a comma"),
         (["db1", "db1:5432"], None, "db1:5432 is listed twice"),
         ([{"hostname": "db1"}], None, "unknown key(s) hostname"),

@@ -106,7 +106,8 @@ def test_scrub_takes_out_a_known_secret_and_its_pieces() -> None:
 URL = f"postgresql://app:{PW}@db1/app"
 SHAPED = [
     ({"HOST": URL}, "['HOST']: 'postgresql://app:***@db1/app' is a database URL"),
-    ({"HOST": f"db1,app:{PW}@db2"}, "['HOST']: 'app:***@db2' is not a host"),
+    ({"HOST": f"db1,app:{PW}@db2"}, "['HOST']: 'db1,app:***@db2' is not a host"),
+    ({"HOST": f"db1,app:{PW},x@db2"}, "['HOST']: 'db1,app:***@db2' is not a host"),  # a comma
     ({"HOST": ["db1", URL]}, "['HOST'][1]: 'postgresql://app:***@db1/app' is a database URL"),
     ({"HOST": [{"host": f"app:{PW}@db1"}]}, "['HOST'][0]: 'app:***@db1' is not a host"),
     ({"HOST": {"password": PW}}, "{'password': ***} is neither a list of hosts"),
