@@ -2,7 +2,11 @@
 
 The backend (every connect), ``manage.py check`` and ``dbshell`` all validate
 through :meth:`FailoverSettings.from_settings_dict`; every problem is a
-:class:`~.exceptions.SettingsError` naming the alias and the setting.
+:class:`~.exceptions.SettingsError` naming the alias and the setting. Its
+message shows no secret: values are written redacted (:mod:`.redact`), and the
+entry's own ``PASSWORD`` (and secret ``OPTIONS``) are cut out of it here, the
+one place that sees them beside the bad value: a password pasted into
+``PORT`` by mistake has no shape to recognise it by.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from .exceptions import SettingsError
 from .hosts import Host, libpq_host_params, parse_hosts
 from .options import OPTIONS_CHECK, target_session_attrs, validate_options, validate_pool
 from .policy import FailoverPolicy
+from .redact import settings_secrets
 
 if TYPE_CHECKING:
     from .drivers import Driver
@@ -43,6 +48,18 @@ class FailoverSettings:
         Without ``driver`` (no usable driver installed) what needs libpq's
         knowledge is not checked.
         """
+        try:
+            return cls._validate(settings_dict, alias, driver)
+        except SettingsError as exc:
+            clean = exc.without(settings_secrets(settings_dict))
+            if clean is exc:
+                raise
+            raise clean from None  # the original's message shows the secret
+
+    @classmethod
+    def _validate(
+        cls, settings_dict: Mapping[str, Any], alias: str | None, driver: Driver | None
+    ) -> FailoverSettings:
         options = settings_dict.get("OPTIONS") or {}
         hosts = parse_hosts(settings_dict.get("HOST", ""), settings_dict.get("PORT", ""), alias)
         if not isinstance(options, Mapping):
@@ -82,5 +99,5 @@ class FailoverSettings:
             try:
                 check()
             except SettingsError as exc:
-                found.append(exc)
+                found.append(exc.without(settings_secrets(settings_dict)))
         return found

@@ -35,7 +35,7 @@ from .hosts import Host
 from .policy import FailoverPolicy
 from .status import host_status
 from .targets import Role, accepts_fallback, role_from, suits
-from .verdicts import Verdict, connect_verdict, server_message
+from .verdicts import Verdict, connect_verdict, server_message, unexpected_failure
 from .watcher import Watcher, active_search, forget_failures, watcher_for
 
 logger = logging.getLogger("django_pg_failover")
@@ -178,12 +178,19 @@ class Connector:
             if not verdict.final:  # a refusal of our credentials says nothing of the server
                 host_status.record_down(host, recheck)
             return HostFailure(host, server_message(reason), verdict, exc)
+        except Exception as exc:  # not the driver's: this host failed, not the caller
+            host_status.record_down(host, recheck)
+            return HostFailure(host, unexpected_failure(exc), Verdict.UNREACHABLE, exc)
         try:
             role = server_role(driver, connection) or _ask_role(driver, connection)
-        except driver.module.Error as exc:  # the server went away at once
+        except Exception as exc:  # the server went away at once
             driver.close_quietly(connection)
             host_status.record_down(host, recheck)
-            return HostFailure(host, driver.connect_failure_reason(exc), Verdict.UNREACHABLE, exc)
+            if isinstance(exc, driver.module.Error):
+                reason = driver.connect_failure_reason(exc)
+            else:
+                reason = unexpected_failure(exc)
+            return HostFailure(host, reason, Verdict.UNREACHABLE, exc)
         host_status.record_role(host, role, recheck)
         return Landing(connection, host, role)
 

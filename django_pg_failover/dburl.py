@@ -37,9 +37,12 @@ that starts with where the URL came from (``DATABASE_URL: ...``). It never
 contains the password: a URL that libpq would cut inside a password (an
 unencoded '@', '/', '?' or '&') is refused without quoting it, messages quote
 only what comes after the user name and password, libpq's own messages are cut
-at the first thing they quote that is not a keyword, and every message is
-scrubbed of anything that may be the password and of any run of four of its
-characters. The driver's own exception (its text quotes the URL) is not chained.
+at the first thing they quote that is not a keyword, values are quoted
+redacted (:func:`.redact.redacted`), and every message is scrubbed
+(:func:`.redact.scrub`) of anything that may be the password or another secret
+parameter (:func:`.redact.is_secret_key`: ``password``, ``sslpassword``,
+``oauth_client_secret``...) and of any run of four of its characters. The
+driver's own exception (its text quotes the URL) is not chained.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from .exceptions import DatabaseURLError, SettingsError
 from .hosts import Host, host_setting, parse_hosts
 from .options import validate_options
 from .policy import FailoverPolicy
+from .redact import is_secret_key, redacted, scrub, settings_secrets
 
 if TYPE_CHECKING:
     from .drivers import Driver
@@ -70,15 +74,9 @@ SCHEMES = ("postgresql://", "postgres://")
 # OPTIONS keys the backend applies itself: never handed to libpq's parser (libpq
 # before 16 does not know load_balance_hosts).
 _BACKEND_OPTIONS = ("load_balance_hosts",)
-# Query parameters whose values are secrets.
-_SECRET_PARAMS = frozenset({"password", "sslpassword"})
 # libpq's compiled-in SYSCONFDIR in the psycopg2-binary and psycopg-binary wheels,
 # and in Debian's and Ubuntu's libpq.
 _SYSCONFDIR = "/etc/postgresql-common"
-# Scrubbing a shorter "password", or shorter runs of one, out of messages would
-# blank out ordinary words.
-_MIN_SECRET = 3
-_MIN_RUN = 4
 _WEAKER_THAN_REQUIRE = frozenset({"", "disable", "allow", "prefer"})
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
@@ -160,15 +158,19 @@ def parse(
     ``verify-full``). ``options`` are ``OPTIONS`` that the URL's parameters
     override (``failover`` merged key by key): defaults kept in code.
     """
-    entry = _django_settings(
-        conn_max_age, conn_health_checks, disable_server_side_cursors, ssl_require, test_options
-    )
-    base = _base_options(options)
     secrets = _secrets(url) if isinstance(url, str) else []
+    try:
+        entry = _django_settings(
+            conn_max_age, conn_health_checks, disable_server_side_cursors, ssl_require, test_options
+        )
+        base = _base_options(options)
+    except DatabaseURLError as exc:
+        # The URL's password given to the wrong argument is cut out too.
+        raise DatabaseURLError(exc.source, scrub(exc.problem, secrets)) from None
     try:
         entry = {**_entry(url, base, ssl_require, secrets), **entry}
     except _Problem as exc:
-        raise DatabaseURLError(source, _redact(str(exc), secrets)) from None
+        raise DatabaseURLError(source, scrub(str(exc), secrets)) from None
     except ImportError:
         raise DatabaseURLError(
             source,
@@ -261,7 +263,7 @@ def _take_backend_params(uri: _Uri) -> tuple[dict[str, str], _Uri]:
             if equals and not _is_uri_param(key):
                 raise _Problem(_unknown_parameter(key, ours))
             kept.append(part)
-        after_secret = key in _SECRET_PARAMS
+        after_secret = is_secret_key(key)
     query = "&".join(kept) if kept or not taken else None
     return taken, dataclasses.replace(uri, query=query)
 
@@ -271,7 +273,7 @@ def _unknown_parameter(key: str, ours: Mapping[str, object]) -> str:
     close = difflib.get_close_matches(key.lower(), [*known, "target_session_attrs"], n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
     return (
-        f"{key!r} is neither a libpq connection parameter nor one of this backend's "
+        f"{redacted(key)} is neither a libpq connection parameter nor one of this backend's "
         f"({', '.join(known)}){hint}"
     )
 
@@ -302,13 +304,13 @@ def _entry(url: Any, base: dict[str, Any], ssl_require: bool, secrets: list[str]
         params = _parse_conninfo(str(uri))
     except ValueError as exc:
         raise _Problem(_libpq_problem(str(exc))) from None
-    secrets.extend(params.get(key, "") for key in _SECRET_PARAMS)
+    secrets.extend(value for key, value in params.items() if is_secret_key(key))
 
     service = params.pop("service", "") or os.environ.get("PGSERVICE", "")
     servicefile = params.pop("servicefile", "")
     if service:
         from_service = _read_service(service, servicefile)
-        secrets.extend(from_service.get(key, "") for key in _SECRET_PARAMS)
+        secrets.extend(value for key, value in from_service.items() if is_secret_key(key))
         for key, value in from_service.items():
             params.setdefault(key, value)  # the URL's own parameters win, as in libpq
     if "hostaddr" in params:
@@ -320,7 +322,7 @@ def _entry(url: Any, base: dict[str, Any], ssl_require: bool, secrets: list[str]
     hosts = _hosts(params.pop("host", ""), params.pop("port", ""), service)
     name = params.pop("dbname", "")
     if not name:
-        where = f" (nor does service {service!r})" if service else ""
+        where = f" (nor does service {redacted(service)})" if service else ""
         raise _Problem(f"no database name{where}: add it after the hosts, as in //db1,db2/app")
     user = params.pop("user", "")
     password = params.pop("password", "")
@@ -350,7 +352,7 @@ def _entry(url: Any, base: dict[str, Any], ssl_require: bool, secrets: list[str]
 def _hosts(host_list: str, port_list: str, service: str) -> tuple[Host, ...]:
     """libpq's ``host`` and ``port`` lists as the hosts to try, by the backend's rules."""
     if not host_list:
-        where = f" (nor does service {service!r})" if service else ""
+        where = f" (nor does service {redacted(service)})" if service else ""
         raise _Problem(f"no host given{where}: {_NO_HOST_HINT}")
     names = host_list.split(",")
     ports = port_list.split(",")
@@ -473,7 +475,7 @@ def _read_service(name: str, servicefile: str) -> dict[str, str]:
             return values
         looked_in.append(f"{path} (not there)")
     raise _Problem(
-        f"service {name!r} is not defined; looked in {', '.join(looked_in)}; "
+        f"service {redacted(name)} is not defined; looked in {', '.join(looked_in)}; "
         "PGSERVICEFILE and PGSYSCONFDIR choose the files"
     )
 
@@ -507,9 +509,9 @@ def _service_section(path: Path, name: str) -> dict[str, str] | None:
         if not equals:
             raise _Problem(f"{where}: syntax error (not key=value)")
         if key in ("service", "servicefile"):
-            raise _Problem(f"{where}: nested {key!r} specifications are not supported")
+            raise _Problem(f"{where}: nested {redacted(key)} specifications are not supported")
         if key not in _BACKEND_OPTIONS and not _is_libpq_keyword(key):
-            raise _Problem(f"{where}: {key!r} is not a libpq connection parameter")
+            raise _Problem(f"{where}: {redacted(key)} is not a libpq connection parameter")
         values.setdefault(key, value)  # libpq keeps the first value
     return values if found else None
 
@@ -528,7 +530,8 @@ def _django_settings(
         isinstance(conn_max_age, bool) or not isinstance(conn_max_age, int) or conn_max_age < 0
     ):
         raise DatabaseURLError(
-            "conn_max_age", f"{conn_max_age!r} is not None or a whole number of seconds >= 0"
+            "conn_max_age",
+            f"{redacted(conn_max_age)} is not None or a whole number of seconds >= 0",
         )
     flags = {
         "conn_health_checks": conn_health_checks,
@@ -537,7 +540,7 @@ def _django_settings(
     }
     for name, value in flags.items():
         if not isinstance(value, bool):
-            raise DatabaseURLError(name, f"{value!r} is not True or False")
+            raise DatabaseURLError(name, f"{redacted(value)} is not True or False")
     settings = {
         "CONN_MAX_AGE": conn_max_age,
         "CONN_HEALTH_CHECKS": conn_health_checks,
@@ -558,7 +561,8 @@ def _base_options(options: Any) -> dict[str, Any]:
         validate_options(options, _driver())
         FailoverPolicy.from_options(options.get("failover"))
     except SettingsError as exc:
-        path = "".join(f"[{key!r}]" for key in exc.keys[1:])
+        exc = exc.without(settings_secrets({"OPTIONS": options}))
+        path = "".join(f"[{redacted(key)}]" for key in exc.keys[1:])
         raise DatabaseURLError(f"options{path}", exc.problem) from None
     except ImportError:
         raise DatabaseURLError(
@@ -579,7 +583,7 @@ def _secrets(url: str) -> list[str]:
     """Every piece of ``url`` that may be a password, raw and percent-decoded.
 
     Generous on purpose (it runs on URLs libpq may refuse): whatever lies between
-    the user name and any '@', and the value of any password parameter.
+    the user name and any '@', and the value of any secret parameter.
     """
     rest = url.partition("://")[2] or url
     found: list[str] = []
@@ -587,24 +591,9 @@ def _secrets(url: str) -> list[str]:
         found.append(rest[:at].partition(":")[2])
     for part in re.split(r"[?&]", rest):
         key, _, value = part.partition("=")
-        if unquote(key) in _SECRET_PARAMS:
+        if is_secret_key(key):
             found.append(value)
     return [text for raw in found for text in (raw, unquote(raw))]
-
-
-def _redact(message: str, secrets: list[str]) -> str:
-    """``message`` without any secret, nor any run of ``_MIN_RUN`` characters of one.
-
-    The runs catch a password that libpq cut apart (at a '?', a '&') and whose
-    pieces ended up where messages quote values.
-    """
-    for secret in sorted({s for s in secrets if len(s) >= _MIN_SECRET}, key=len, reverse=True):
-        for size in range(len(secret), min(_MIN_RUN, len(secret)) - 1, -1):
-            for start in range(len(secret) - size + 1):
-                piece = secret[start : start + size]
-                if piece in message:
-                    message = message.replace(piece, "***")
-    return message
 
 
 # -- the driver ---------------------------------------------------------------------------

@@ -1,8 +1,16 @@
-"""Errors the backend raises about its own settings."""
+"""Errors the backend raises about its own settings.
+
+Neither ever shows a secret: values are written by :func:`.redact.redacted`,
+and :meth:`SettingsError.without` cuts an alias's own password out of the rest.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.core.exceptions import ImproperlyConfigured
+
+from .redact import redacted, scrub
 
 
 class SettingsError(ImproperlyConfigured):
@@ -15,14 +23,25 @@ class SettingsError(ImproperlyConfigured):
     def __init__(
         self, alias: str | None, keys: tuple[str | int, ...], problem: str, check_id: str
     ) -> None:
-        path = "".join(f"[{key!r}]" for key in keys)
-        where = f"DATABASES[{alias!r}]{path}" if alias is not None else f"DATABASES[...]{path}"
-        super().__init__(f"{where}: {problem}")
+        # A key is the user's too (a misspelt OPTIONS key): written like a value.
+        path = "".join(f"[{redacted(key)}]" for key in keys)
+        where = "DATABASES[...]" if alias is None else f"DATABASES[{redacted(alias)}]"
+        super().__init__(f"{where}{path}: {problem}")
+        self.alias = alias
         self.check_id = check_id
         #: The setting's path below the alias (``("HOST", 1)``) and what is wrong
         #: with it, for callers that word the error for another source.
         self.keys = keys
         self.problem = problem
+
+    def without(self, secrets: Iterable[str]) -> SettingsError:
+        """This error with ``secrets`` (the alias's own) cut out; itself if none shows."""
+        secrets = list(secrets)
+        keys = tuple(scrub(key, secrets) if isinstance(key, str) else key for key in self.keys)
+        problem = scrub(self.problem, secrets)
+        if (keys, problem) == (self.keys, self.problem):
+            return self
+        return SettingsError(self.alias, keys, problem, self.check_id)
 
 
 class DatabaseURLError(ImproperlyConfigured):

@@ -1,13 +1,25 @@
 """The ``HOST`` and ``PORT`` settings as a tuple of hosts, and back to libpq.
 
 Pure functions: no driver, no I/O. Every problem is a :class:`SettingsError`
-naming the alias and the offending value.
+naming the alias and the offending value (secrets redacted).
 
 Accepted ``HOST`` forms: a list/tuple of entries, or one comma-separated
 string. An entry is ``host``, ``host:port``, ``[ipv6]``, ``[ipv6]:port``, a
 bare IPv6 address, a Unix-socket folder (starting with ``/``), or a mapping
 ``{"host": ..., "port": ...}``. ``PORT`` is one port for the entries that
 name none, or a list with one port per entry.
+
+A host name is held to DNS's rules (RFC 1035, RFC 1123) here, before anything
+connects: labels of 1 to 63 letters, digits, ``-`` (not first or last) and
+``_`` (service and container names use it), at most 253 characters in all, and
+one final ``.`` allowed (an absolute name). A name outside them can never
+resolve, and the drivers do not even fail it the same way: psycopg 3 raises a
+bare ``UnicodeError`` from Python's IDNA codec (an empty label, a label over
+63), psycopg2's libpq a "could not translate host name". An
+internationalised name is given in its ASCII form (``xn--...``, as DNS holds
+it): psycopg 3 would encode a Unicode name with IDNA 2003 and psycopg2's libpq
+not at all, so the two drivers would look up different names (and IDNA 2003
+and 2008 disagree on some, ``ß`` for one).
 """
 
 from __future__ import annotations
@@ -18,12 +30,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from .exceptions import SettingsError
+from .redact import redact, redacted
 
 DEFAULT_PORT = 5432
 HOST_CHECK = "django_pg_failover.E001"
 PORT_CHECK = "django_pg_failover.E002"
 
-_HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?$")
+MAX_LABEL = 63
+MAX_NAME = 253
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?")
+_NOT_IN_A_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 _BRACKETED = re.compile(r"^\[(?P<address>[^\]]*)\](?::(?P<port>[^:]*))?$")
 
 
@@ -58,17 +74,38 @@ def _problem(alias: str | None, keys: tuple[str | int, ...], message: str, check
 def _port(value: Any, alias: str | None, keys: tuple[str | int, ...]) -> int:
     """A port from an int or a numeric string, within 1..65535."""
     if isinstance(value, bool):
-        raise _problem(alias, keys, f"{value!r} is not a port number", PORT_CHECK)
+        raise _problem(alias, keys, f"{redacted(value)} is not a port number", PORT_CHECK)
     if isinstance(value, str):
         text = value.strip()
         if not (text.isascii() and text.isdigit()):
-            raise _problem(alias, keys, f"{value!r} is not a port number", PORT_CHECK)
+            raise _problem(alias, keys, f"{redacted(value)} is not a port number", PORT_CHECK)
         value = int(text)
     if not isinstance(value, int):
-        raise _problem(alias, keys, f"{value!r} is not a port number", PORT_CHECK)
+        raise _problem(alias, keys, f"{redacted(value)} is not a port number", PORT_CHECK)
     if not 1 <= value <= 65535:
-        raise _problem(alias, keys, f"port {value} is outside 1..65535", PORT_CHECK)
+        raise _problem(alias, keys, f"port {redacted(value)} is outside 1..65535", PORT_CHECK)
     return value
+
+
+def _refuse_credentials(text: str, alias: str | None, keys: tuple[str | int, ...]) -> None:
+    """A URL or ``user:password@host`` where a host belongs: said so, the password hidden."""
+    if "://" in text:
+        raise _problem(
+            alias,
+            keys,
+            f"{redacted(text)} is a database URL, not a host: give the URL to "
+            "django_pg_failover.config(), or list its hosts in HOST and its user name "
+            "and password in USER and PASSWORD",
+            HOST_CHECK,
+        )
+    if "@" in text:
+        raise _problem(
+            alias,
+            keys,
+            f"{redacted(text)} is not a host: a user name and password go in USER and "
+            "PASSWORD, not in HOST",
+            HOST_CHECK,
+        )
 
 
 def _split_entry(
@@ -78,20 +115,48 @@ def _split_entry(
     if entry.startswith("/"):
         if "," in entry:
             raise _problem(
-                alias, keys, f"{entry!r}: a folder name may not hold a comma", HOST_CHECK
+                alias, keys, f"{redacted(entry)}: a folder name may not hold a comma", HOST_CHECK
             )
         return entry, None
+    _refuse_credentials(entry, alias, keys)
     if entry.startswith("["):
         match = _BRACKETED.match(entry)
         if not match:
-            raise _problem(alias, keys, f"{entry!r} is not a valid [IPv6]:port entry", HOST_CHECK)
+            raise _problem(
+                alias, keys, f"{redacted(entry)} is not a valid [IPv6]:port entry", HOST_CHECK
+            )
         return _ipv6(match.group("address"), entry, alias, keys), match.group("port")
     if entry.count(":") >= 2:
         return _ipv6(entry, entry, alias, keys), None
     host, _, port = entry.partition(":")
-    if not _HOSTNAME.match(host):
-        raise _problem(alias, keys, f"{entry!r} is not a valid host name", HOST_CHECK)
+    problem = host_name_problem(host)
+    if problem is not None:
+        raise _problem(
+            alias, keys, f"{redacted(entry)} is not a valid host name: {problem}", HOST_CHECK
+        )
     return host, (port if ":" in entry else None)
+
+
+def host_name_problem(name: str) -> str | None:
+    """What DNS's rules (see the module) find wrong with a host name; None if nothing."""
+    if not name:
+        return "the name is empty"
+    if not name.isascii():
+        return "write an internationalised name in its ASCII form (xn--..., IDNA), as DNS holds it"
+    bad = _NOT_IN_A_NAME.search(name)
+    if bad is not None:
+        return f"{redacted(bad.group())} is not a letter, digit, '-', '_' or '.'"
+    absolute = name.removesuffix(".")
+    if len(absolute) > MAX_NAME:
+        return f"it is {len(absolute)} characters long, DNS allows {MAX_NAME}"
+    for number, label in enumerate(absolute.split("."), 1):
+        if not label:
+            return "it has an empty label (a dot first, or two in a row)"
+        if len(label) > MAX_LABEL:
+            return f"label {number} is {len(label)} characters long, DNS allows {MAX_LABEL}"
+        if not _LABEL.fullmatch(label):
+            return f"label {redacted(label)} starts or ends with '-'"
+    return None
 
 
 def _ipv6(address: str, entry: str, alias: str | None, keys: tuple[str | int, ...]) -> str:
@@ -101,7 +166,7 @@ def _ipv6(address: str, entry: str, alias: str | None, keys: tuple[str | int, ..
         raise _problem(
             alias,
             keys,
-            f"{entry!r} is neither a host name nor an IPv6 address "
+            f"{redacted(entry)} is neither a host name nor an IPv6 address "
             "(write IPv6 with a port as [address]:port)",
             HOST_CHECK,
         ) from None
@@ -118,7 +183,11 @@ def _entries(host_setting: Any, alias: str | None) -> list[Any]:
                 "'/var/run/postgresql' for a local server)",
                 HOST_CHECK,
             )
-        return host_setting.split(",")
+        entries = host_setting.split(",")
+        if any(not entry.strip().startswith("/") for entry in entries):
+            # Before the string is cut at its commas: a password may hold one.
+            _refuse_credentials(host_setting.strip(), alias, keys)
+        return entries
     if isinstance(host_setting, (list, tuple)):
         if not host_setting:
             raise _problem(alias, keys, "the host list is empty", HOST_CHECK)
@@ -126,7 +195,7 @@ def _entries(host_setting: Any, alias: str | None) -> list[Any]:
     raise _problem(
         alias,
         keys,
-        f"{host_setting!r} is neither a list of hosts nor a comma-separated string",
+        f"{redacted(host_setting)} is neither a list of hosts nor a comma-separated string",
         HOST_CHECK,
     )
 
@@ -167,7 +236,7 @@ def parse_hosts(
             raise _problem(
                 alias,
                 ("PORT",),
-                f"host {host!r} is given port {entry_port} in HOST and {list_port} in PORT",
+                f"host {redacted(host)} is given port {entry_port} in HOST and {list_port} in PORT",
                 PORT_CHECK,
             )
         port = entry_port or list_port or DEFAULT_PORT
@@ -188,7 +257,8 @@ def _parse_entry(
                 alias,
                 keys,
                 # Keys only: a misplaced 'password' must not be echoed.
-                f"unknown key(s) {', '.join(sorted(map(str, unknown)))} in a host mapping; "
+                f"unknown key(s) {', '.join(sorted(redact(str(key)) for key in unknown))} "
+                "in a host mapping; "
                 "use 'host' and 'port'",
                 HOST_CHECK,
             )
@@ -198,12 +268,15 @@ def _parse_entry(
         host_text, port_text = _split_entry(host.strip(), alias, keys)
         if port_text is not None:
             raise _problem(
-                alias, keys, f"give the port of {host!r} in 'port', not in 'host'", HOST_CHECK
+                alias,
+                keys,
+                f"give the port of {redacted(host)} in 'port', not in 'host'",
+                HOST_CHECK,
             )
         port = entry.get("port")
         return host_text, (None if port in (None, "") else _port(port, alias, (*keys, "port")))
     if not isinstance(entry, str):
-        raise _problem(alias, keys, f"{entry!r} is not a host", HOST_CHECK)
+        raise _problem(alias, keys, f"{redacted(entry)} is not a host", HOST_CHECK)
     text = entry.strip()
     if not text:
         where = "empty entry" if len(keys) > 1 else f"entry {index + 1} is empty"
@@ -212,7 +285,7 @@ def _parse_entry(
     if port_text is None:
         return host, None
     if not port_text:
-        raise _problem(alias, keys, f"{text!r} has an empty port", PORT_CHECK)
+        raise _problem(alias, keys, f"{redacted(text)} has an empty port", PORT_CHECK)
     return host, _port(port_text, alias, keys)
 
 

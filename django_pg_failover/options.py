@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import django
 
 from .exceptions import SettingsError
+from .redact import redacted
 
 if TYPE_CHECKING:
     from .drivers import Driver
@@ -90,7 +91,7 @@ def validate_options(
         raise SettingsError(
             alias,
             (*keys, "target_session_attrs"),
-            f"{tsa!r} is not one of {', '.join(TARGET_SESSION_ATTRS)}",
+            f"{redacted(tsa)} is not one of {', '.join(TARGET_SESSION_ATTRS)}",
             OPTIONS_CHECK,
         )
     if "connect_timeout" in options:
@@ -104,7 +105,7 @@ def validate_options(
             raise SettingsError(
                 alias,
                 (*keys, "connect_timeout"),
-                f"{timeout!r} is not a whole number of seconds in 1..3600 (0 would "
+                f"{redacted(timeout)} is not a whole number of seconds in 1..3600 (0 would "
                 "wait forever on a hung host)",
                 OPTIONS_CHECK,
             )
@@ -115,7 +116,7 @@ def validate_options(
             raise SettingsError(
                 alias,
                 (*keys, "load_balance_hosts"),
-                f"{balance!r} is not one of {', '.join(LOAD_BALANCE_HOSTS)}",
+                f"{redacted(balance)} is not one of {', '.join(LOAD_BALANCE_HOSTS)}",
                 OPTIONS_CHECK,
             )
 
@@ -159,7 +160,7 @@ def validate_pool(
         pool = {}
     if not isinstance(pool, Mapping):
         raise SettingsError(
-            alias, keys, f"{pool!r} is neither True nor a dict of pool options", POOL_CHECK
+            alias, keys, f"{redacted(pool)} is neither True nor a dict of pool options", POOL_CHECK
         )
     try:
         import psycopg_pool
@@ -201,7 +202,7 @@ def validate_pool(
         raise SettingsError(
             alias,
             (*keys, "max_size"),
-            f"{max_size!r} is smaller than min_size ({min_size}) or 1",
+            f"{redacted(max_size)} is smaller than min_size ({min_size}) or 1",
             POOL_CHECK,
         )
 
@@ -212,16 +213,16 @@ def _check_pool_value(key: str, value: Any, alias: str | None, where: tuple) -> 
 
     problem = None
     if key in _POOL_COUNTS and not (whole(value) and value >= _POOL_COUNTS[key]):
-        problem = f"{value!r} is not a whole number >= {_POOL_COUNTS[key]}"
+        problem = f"{redacted(value)} is not a whole number >= {_POOL_COUNTS[key]}"
     elif key == "max_size" and value is not None and not (whole(value) and value >= 1):
-        problem = f"{value!r} is not a whole number >= 1 (or None)"
+        problem = f"{redacted(value)} is not a whole number >= 1 (or None)"
     elif key in _POOL_SECONDS and (
         isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10**7
     ):
-        problem = f"{value!r} is not a positive number of seconds"
+        problem = f"{redacted(value)} is not a positive number of seconds"
     elif key in _POOL_CALLBACKS and value is not None and not callable(value):
-        problem = f"{value!r} is not callable"
+        problem = f"{redacted(value)} is not callable"
     elif key == "name" and not isinstance(value, str):
-        problem = f"{value!r} is not a string"
+        problem = f"{redacted(value)} is not a string"
     if problem:
         raise SettingsError(alias, where, problem, POOL_CHECK)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .exceptions import SettingsError
+from .redact import redact, redacted
 
 FAILOVER_CHECK = "django_pg_failover.E003"
 
@@ -79,10 +80,13 @@ class FailoverPolicy:
             return cls()
         if not isinstance(options, Mapping):
             raise SettingsError(
-                alias, keys, f"{options!r} is not a dict of failover settings", FAILOVER_CHECK
+                alias,
+                keys,
+                f"{redacted(options)} is not a dict of failover settings",
+                FAILOVER_CHECK,
             )
         known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in options if k not in known)
+        unknown = sorted(redact(str(k)) for k in options if k not in known)
         if unknown:
             raise SettingsError(
                 alias,
@@ -95,7 +99,10 @@ class FailoverPolicy:
             if name == "retry_reads":
                 if not isinstance(value, bool):
                     raise SettingsError(
-                        alias, (*keys, name), f"{value!r} is not True or False", FAILOVER_CHECK
+                        alias,
+                        (*keys, name),
+                        f"{redacted(value)} is not True or False",
+                        FAILOVER_CHECK,
                     )
                 values[name] = value
             elif value is None and name in _OPTIONAL:
@@ -123,15 +130,17 @@ class FailoverPolicy:
 def _seconds(value: Any, alias: str | None, keys: tuple[str | int, ...]) -> float:
     name = keys[-1]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SettingsError(alias, keys, f"{value!r} is not a number of seconds", FAILOVER_CHECK)
+        raise SettingsError(
+            alias, keys, f"{redacted(value)} is not a number of seconds", FAILOVER_CHECK
+        )
     low, high = _LIMITS[name]
     # math.isfinite() overflows on a huge int; ints are finite anyway.
     if (isinstance(value, float) and not math.isfinite(value)) or value < 0:
         raise SettingsError(
-            alias, keys, f"{value!r} must be a finite, non-negative number", FAILOVER_CHECK
+            alias, keys, f"{redacted(value)} must be a finite, non-negative number", FAILOVER_CHECK
         )
     if not low <= value <= high:
         raise SettingsError(
-            alias, keys, f"{value!r} is outside {low:g}..{high:g} seconds", FAILOVER_CHECK
+            alias, keys, f"{redacted(value)} is outside {low:g}..{high:g} seconds", FAILOVER_CHECK
         )
     return float(value)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import enum
 import re
 
+from .redact import redact
+
 
 class Verdict(enum.Enum):
     #: The host did not answer (refused, timed out, name not resolved, link lost).
@@ -87,3 +89,13 @@ def server_message(reason: str) -> str:
     """The server's message without its severity (``FATAL:  x`` -> ``x``)."""
     match = _SERVER_MESSAGE.match(reason)
     return reason[match.end() - 1 :] if match else reason
+
+
+def unexpected_failure(exc: BaseException) -> str:
+    """Why an attempt failed on an exception that is not the driver's: its type and text.
+
+    It is that host's failure, like no answer (psycopg 3 raises ``UnicodeError``
+    from Python's IDNA codec for a name DNS cannot hold); never the caller's.
+    """
+    text = " ".join(str(exc).split())
+    return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)

@@ -237,7 +237,7 @@ class Watcher:
         driver = connector.driver
         try:
             result = future.result()
-        except driver.module.Error:  # the held connection is gone
+        except Exception:  # the held connection is gone (or the attempt failed unexpectedly)
             driver.close_quietly(watch.connection)
             watch.connection, watch.role = None, None
             self._back_off(watch)

@@ -7,9 +7,11 @@ import threading
 import traceback
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.db import Error, connections
 
 from django_pg_failover import signals
+from django_pg_failover.checks import database_problems
 from django_pg_failover.lab import Cluster
 from shop.models import Order
 
@@ -82,3 +84,33 @@ def test_password_appears_nowhere(cluster: Cluster, make_alias, caplog) -> None:
     assert "password authentication failed" in everything
     assert cluster.password not in everything
     assert wrong not in everything
+
+
+def test_settings_errors_show_the_password_nowhere(cluster: Cluster, make_alias, caplog) -> None:
+    """The lab's real password in the wrong settings: the first query's error, its
+    traceback, the log and ``manage.py check`` name the setting, never the password."""
+    caplog.set_level(logging.DEBUG)
+    password, port = cluster.password, cluster.primary.port
+    mistakes = [
+        {"HOST": f"postgresql://app:{password}@127.0.0.1:{port}/app"},
+        {"HOST": [f"app:{password}@127.0.0.1:{port}"]},
+        {"PORT": password},
+        {"OPTIONS": {"target_session_attrs": password}},
+        {"OPTIONS": {"connect_timeout": f"password={password}"}},
+        {"OPTIONS": {"failover": {"retry_timeout": password}}},
+        {"OPTIONS": {"failover": {password: 1}}},
+    ]
+    texts: list[str] = []
+    for mistake in mistakes:
+        alias = make_alias(**mistake)
+        with pytest.raises(ImproperlyConfigured) as caught:
+            Order.objects.using(alias).count()
+        texts.append("".join(traceback.format_exception(caught.value)))
+        texts.append(str(caught.value))
+        texts.extend(
+            problem.msg for problem in database_problems({alias: connections[alias].settings_dict})
+        )
+    texts.extend(record.getMessage() for record in caplog.records)
+    everything = "\n".join(texts)
+    assert password not in everything
+    assert everything.count("***") >= 2 * len(mistakes)  # the errors did quote the values

@@ -15,6 +15,9 @@ from django_pg_failover.hosts import (
     parse_hosts,
 )
 
+LABEL_63 = "a" * 63
+NAME_253 = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+
 
 @pytest.mark.parametrize(
     ("host", "port", "expected"),
@@ -37,6 +40,13 @@ from django_pg_failover.hosts import (
         ([" db1 ", "\tdb2:1 "], "", [Host("db1", 5432), Host("db2", 1)]),
         ("127.0.0.1:65535", None, [Host("127.0.0.1", 65535)]),
         ("db_1.internal-net", None, [Host("db_1.internal-net", 5432)]),
+        # DNS's limits, reached but not passed; an absolute name; IDNA's ASCII form.
+        (f"{LABEL_63}.example", None, [Host(f"{LABEL_63}.example", 5432)]),
+        ([NAME_253], None, [Host(NAME_253, 5432)]),
+        ([f"{NAME_253}.:5433"], None, [Host(f"{NAME_253}.", 5433)]),
+        ("db1.example.com.", None, [Host("db1.example.com.", 5432)]),
+        ("xn--bcher-kva.example", None, [Host("xn--bcher-kva.example", 5432)]),
+        ("_pg._tcp.db-1.a-b", None, [Host("_pg._tcp.db-1.a-b", 5432)]),
     ],
 )
 def test_accepted_forms(host, port, expected) -> None:
@@ -67,7 +77,23 @@ def test_accepted_forms(host, port, expected) -> None:
         (["fe80::zz"], None, "neither a host name nor an IPv6 address"),
         (["db1;db2"], None, "'db1;db2' is not a valid host name"),
         (["db1 db2"], None, "not a valid host name"),
-        (["db1,db2"], None, "not a valid host name"),
+        (["db1,db2"], None, "not a valid host name: ',' is not a letter, digit"),
+        # DNS's rules: psycopg 3 raised a bare UnicodeError at every connect for these.
+        ("db1..example.com", None, "'db1..example.com' is not a valid host name: it has an empty"),
+        (".db1", None, "'.db1' is not a valid host name: it has an empty label"),
+        ("db1.example.com..", None, "it has an empty label (a dot first, or two in a row)"),
+        (["."], None, "'.' is not a valid host name: it has an empty label"),
+        ([f"db1.{LABEL_63}x:5433"], None, "label 2 is 64 characters long, DNS allows 63"),
+        ([f"{NAME_253}x"], None, "is not a valid host name: it is 254 characters long, DNS allo"),
+        ([{"host": "db1..example.com"}], None, "['HOST'][0]: 'db1..example.com' is not a valid"),
+        (["bücher.example"], None, "write an internationalised name in its ASCII form (xn--"),
+        (["-db1"], None, "'-db1' is not a valid host name: label '-db1' starts or ends with '-'"),
+        (["db1-.example:5433"], None, "label 'db1-' starts or ends with '-'"),
+        ([":5433"], None, "':5433' is not a valid host name: the name is empty"),
+        # A user name and password, or a whole URL: said so, the password not shown.
+        (["app:pw@db1"], None, "'app:***@db1' is not a host: a user name and password go in"),
+        ("postgresql://app:pw@db1/app", None, "'postgresql://app:***@db1/app' is a database URL"),
+        ("db1, app:p,w@db2", None, "['HOST']: 'db1, app:***@db2' is not a host"),
         (["/bad,folder"], None, "may not hold a comma"),
         (["db1", "db1:5432"], None, "db1:5432 is listed twice"),
         ([{"hostname": "db1"}], None, "unknown key(s) hostname"),
@@ -140,3 +166,23 @@ def test_scalar_port_only_fills_entries_without_one(expected, default) -> None:
         h.host if h.port == default and not h.is_socket else host_setting([h])[0] for h in expected
     ]
     assert list(parse_hosts(entries, default)) == expected
+
+
+labels = st.from_regex(r"\A[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
+
+
+@given(st.lists(labels, min_size=1, max_size=4), st.booleans())
+def test_names_within_dnss_rules_are_accepted(parts, absolute) -> None:
+    name = ".".join(parts) + ("." if absolute else "")
+    assert parse_hosts([name]) == (Host(name, 5432),)
+
+
+@given(st.lists(labels, min_size=1, max_size=3), st.integers(0, 3), st.data())
+def test_a_label_dns_cannot_hold_is_refused(parts, position, data) -> None:
+    """Too long or empty, anywhere in the name: refused, whatever else is right."""
+    bad = data.draw(st.sampled_from(["", "x" * 64, "a" * data.draw(st.integers(64, 80))]))
+    # An empty label last is no label: a final dot (an absolute name).
+    parts.insert(min(position, len(parts) - (bad == "")), bad)
+    name = ".".join(parts)
+    with pytest.raises(ImproperlyConfigured, match="is not a valid host name"):
+        parse_hosts([name], None, "default")

@@ -61,7 +61,7 @@ from django_pg_failover.probe import (
     replay_lag_bytes,
     would_connect,
 )
-from django_pg_failover.verdicts import server_message
+from django_pg_failover.verdicts import server_message, unexpected_failure
 
 ENGINE = "django_pg_failover"
 DEFAULT_TIMEOUT = 2
@@ -208,6 +208,8 @@ def probe_host(host: Host, params: Mapping[str, Any], driver: Driver) -> HostPro
         return HostProbe(
             host, reachable=False, error=server_message(driver.connect_failure_reason(exc))
         )
+    except Exception as exc:  # not the driver's: this host's failure, not the command's
+        return HostProbe(host, reachable=False, error=unexpected_failure(exc))
     try:
         connection.autocommit = True
         with connection.cursor() as cursor:
