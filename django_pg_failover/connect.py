@@ -63,6 +63,13 @@ class HostFailure:
     verdict: Verdict | None
     error: BaseException | None = field(default=None, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        # Kept (the error a caller finally gets is chained to it), but not the
+        # frames it was raised through: a timed-out attempt's frames hold
+        # psycopg's connect generator and, with it, the attempt's open socket,
+        # for as long as the failure is remembered.
+        _drop_tracebacks(self.error)
+
     @property
     def final(self) -> bool:
         return self.verdict is not None and self.verdict.final
@@ -93,6 +100,18 @@ class _Walk:
     @property
     def deferred(self) -> bool:
         return self.search_end is not None
+
+
+def _drop_tracebacks(error: BaseException | None) -> None:
+    """Let go of the frames of ``error`` and of the errors chained to it."""
+    pending, seen = [error], set()
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        pending += [exc.__cause__, exc.__context__]
 
 
 def server_role(driver: Driver, connection: Any) -> Role | None:

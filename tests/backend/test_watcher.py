@@ -4,6 +4,9 @@ check what must hold whatever the machine's speed."""
 
 from __future__ import annotations
 
+import gc
+import os
+import socket
 import threading
 import time
 import uuid
@@ -125,3 +128,45 @@ def test_the_watcher_never_wakes_waiters_for_a_server_the_target_rejects(
     new = cluster.promote()
     waiter.join(30)
     assert landed == [new.port] != [old.port]
+
+
+def sockets_to(port: int) -> int:
+    """Sockets of this process connected to ``port`` on loopback."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            with socket.socket(fileno=os.dup(int(fd))) as sock:
+                count += sock.getpeername()[1] == port
+        except (OSError, ValueError, IndexError, TypeError):
+            continue  # gone meanwhile, not connected, or not an internet socket
+    return count
+
+
+def test_attempts_that_timed_out_leave_no_socket_open(cluster: Cluster, make_alias) -> None:
+    """A failure is remembered (to name every host in an error) without the frames it was
+    raised through: with psycopg 3 they held the connect generator and its open socket."""
+    hung, standby = cluster.standbys
+    alias = make_alias(
+        HOST=[entry(hung), entry(cluster.primary), entry(standby)],
+        OPTIONS={"connect_timeout": 2, "failover": {"retry_timeout": 20, "backoff_max": 0.25}},
+    )
+    cluster.hang(hung, include_sessions=False)
+    cluster.crash(cluster.primary)
+
+    def promote_later() -> None:
+        # The watcher's attempts at the hung host time out (connect_timeout) first.
+        time.sleep(3.0)
+        cluster.promote(standby)
+
+    promoter = threading.Thread(target=promote_later)
+    promoter.start()
+    connections[alias].ensure_connection()
+    promoter.join()
+    assert port_of(alias) == standby.port
+    assert connections[alias].connector.last_failures  # remembered, for the next error
+    # Attempts still in flight end within connect_timeout; then nothing stays open.
+    wait_for(
+        lambda: gc.collect() >= 0 and sockets_to(hung.port) == 0, 8, "no socket to the hung host"
+    )
