@@ -40,7 +40,7 @@ from django.db.backends.postgresql import base as postgresql
 from . import loss
 from .client import DatabaseClient
 from .conf import FailoverSettings
-from .connect import Connector
+from .connect import Connector, Landing
 from .creation import DatabaseCreation
 from .exceptions import SettingsError
 from .hosts import Host
@@ -103,7 +103,9 @@ class HostListDatabase:
         # Django has just read get_connection_params(): the settings are current, and
         # so is the connector if there is one.
         wrapper = self._wrapper
-        return (wrapper._connector or wrapper.connector).connect(params).connection
+        landing = (wrapper._connector or wrapper.connector).connect(params)
+        wrapper.landing = landing
+        return landing.connection
 
     def __getattr__(self, name: str) -> Any:
         return getattr(driver.module, name)
@@ -121,6 +123,12 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.server: Host | None = None
         #: The open connection's socket (a stalled call is woken through it).
         self.server_fd: int | None = None
+        #: How the open connection was made (None: opened by a pool's worker).
+        self.landing: Landing | None = None
+        #: The server session of the open connection, as the stall watchdog finds it
+        #: again: its process id, and when the attempt that opened it began and
+        #: ended (monotonic); None if unknown.
+        self.server_session: tuple[int, float, float] | None = None
         #: stall_timeout for the open connection (None: not watched), read per call.
         self.connected_stall_timeout: float | None = None
         #: Calls in flight on the connection (nested error wrappers), the number
@@ -245,7 +253,15 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:  # async_unsafe: super()
         connection = super().get_new_connection(conn_params)
-        self.server = Host(*driver.landed_on(connection))
+        landing, self.landing = self.landing, None
+        if landing is None:  # a pool's connection (Django 5.1+), opened by its worker
+            landing = getattr(self.pool, "landings", {}).get(connection)
+        if landing is not None:
+            self.server = landing.host
+            self.server_session = (driver.backend_pid(connection), landing.began, landing.ended)
+        else:
+            self.server = Host(*driver.landed_on(connection))
+            self.server_session = None
         self.server_fd = driver.socket_fd(connection)
         # Django's connect() has just validated the settings (get_connection_params()).
         policy = (self._settings or self.failover_settings).policy

@@ -84,6 +84,10 @@ class Landing:
     role: Role | None
     passes: int = 1
     elapsed: float = 0.0
+    #: When the attempt that opened it began and ended (monotonic): the server's
+    #: session started in between (the stall watchdog knows it again by that).
+    began: float = 0.0
+    ended: float = 0.0
 
 
 @dataclass
@@ -188,6 +192,7 @@ class Connector:
         """Connect to one host and learn its role; record what that says about it."""
         driver = self.driver
         recheck = self.policy.host_recheck
+        began = time.monotonic()
         try:
             with fork_gate.inside():
                 connection = driver.connect({**params, "host": host.host, "port": host.port})
@@ -211,21 +216,7 @@ class Connector:
                 reason = unexpected_failure(exc)
             return HostFailure(host, reason, Verdict.UNREACHABLE, exc)
         host_status.record_role(host, role, recheck)
-        return Landing(connection, host, role)
-
-    def probe(self, host: Host, params: Mapping[str, Any]) -> str | None:
-        """Does ``host`` still take connections? None when it does, else why not.
-
-        A server that answers at all is alive: with a refusal of this alias's
-        credentials, or "too many clients", "shutting down" (a server shutting
-        down ends its sessions itself).
-        """
-        params = {k: v for k, v in params.items() if k not in _WALK_KEYWORDS}
-        result = self.attempt(host, params)
-        if isinstance(result, Landing):
-            self.driver.close_quietly(result.connection)
-            return None
-        return result.reason if result.verdict is Verdict.UNREACHABLE else None
+        return Landing(connection, host, role, began=began, ended=time.monotonic())
 
     def close_when_done(self, future: Future) -> None:
         """An attempt that lost the race: close its connection once it has one."""

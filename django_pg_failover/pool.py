@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ from .status import host_status
 from .targets import suits
 
 if TYPE_CHECKING:
-    from .connect import Connector
+    from .connect import Connector, Landing
 
 logger = logging.getLogger("django_pg_failover")
 
@@ -69,6 +70,9 @@ class FailoverPool(ConnectionPool):
         **options: Any,
     ) -> None:
         self.connector = connector
+        #: How each connection of the pool was made, while it exists (the wrapper
+        #: that checks one out learns its server and session from it).
+        self.landings: weakref.WeakKeyDictionary[Any, Landing] = weakref.WeakKeyDictionary()
         self._user_check = check  # Django 6.1 lets OPTIONS["pool"] give one
         # With CONN_HEALTH_CHECKS, psycopg_pool runs the check at every checkout,
         # as with Django's pool; ours also refuses a server that changed role.
@@ -83,6 +87,7 @@ class FailoverPool(ConnectionPool):
         landing = self.connector.connect(
             kwargs, deadline=math.inf, keep_waiting=lambda: not self.closed
         )
+        self.landings[landing.connection] = landing
         return landing.connection
 
     # -- handing them out ----------------------------------------------------------------

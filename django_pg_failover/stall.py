@@ -14,13 +14,34 @@ makes a query, a COMMIT or a health check wait forever: keepalives and
   connection (they sign up when they connect) and looks at them every
   quarter of ``stall_timeout``. A call it finds in flight under the same
   number for ``stall_timeout`` has waited at least that long (at most a
-  quarter more). Then it asks whether the call's server is still alive: a new
-  connection to it, bounded by ``connect_timeout``;
-- a server that answers is left alone (a long query is the server's business:
-  ``statement_timeout`` is the tool for it), and asked again after another
-  ``stall_timeout``; a server that does not answer has the call's socket shut
-  down: the call raises, the connection counts as lost, and the next use
-  outside an atomic block connects anew.
+  quarter more). Then it checks the call's *session*, not just its address
+  (:func:`session_liveness`): a new connection to the call's host, bounded
+  by ``connect_timeout``, which looks the session up by its process id and
+  start (``pg_stat_activity``).
+
+What the check finds decides:
+
+- the session is there (the server is working on it, or one of its
+  processes is stuck alone): left alone, checked again after another
+  ``stall_timeout``. A long query is the server's business
+  (``statement_timeout`` is the tool for it);
+- the server answers, but the session is not there: the address now leads
+  to another server (a proxy, a virtual IP or a DNS name moved to the new
+  primary), or the server restarted. The call is given up at once;
+- the server answers in a way that shows it is up but cannot say more (too
+  many clients, shutting down, our credentials refused, a pooler in
+  between whose process ids are its own): left alone;
+- the server does not answer a new connection (no answer, refused): given
+  up, unless the watchdog saw other calls of this process on that server
+  complete since the stalled call began (then only its postmaster is stuck:
+  left alone);
+- the check could not even try (the name did not resolve, no socket could
+  be made): nothing was learned about the server. Left alone and checked
+  again; the call is given up only once no check could be made for
+  ``retry_timeout``.
+
+A call given up has its socket shut down: the call raises, the connection
+counts as lost, and the next use outside an atomic block connects anew.
 
 The watchdog and the calling thread share no lock. A call is known by its
 number: the watchdog gives up the call it checked only if that call is still
@@ -29,11 +50,12 @@ the watchdog gave that very call up (to say so in the error). Numbers count
 to 255 and start again (Python keeps one object for each small number: a
 call allocates nothing). A busy connection could show the same number at
 every look of the watchdog by chance (1 in 256 per look, four looks in a
-row): that costs one check of a server that answers, never a call given up.
+row): that costs one check of a live session, never a call given up.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import os
@@ -45,7 +67,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from .background import workers
+from .background import fork_gate, workers
+from .hosts import Host
+from .options import DEFAULT_CONNECT_TIMEOUT
+from .probe import probe_params
+from .verdicts import Verdict, client_side, connect_verdict, server_message, unexpected_failure
 
 if TYPE_CHECKING:
     from .base import DatabaseWrapper
@@ -71,6 +97,13 @@ class StallWatch:
         #: ``stall_timeout`` after it was first seen, later again once a check
         #: left it alone, never while a check of it runs.
         self._seen: dict[int, tuple[int, float]] = {}
+        #: Per wrapper, the stalled call (its number), when it was first seen,
+        #: and since when no check could be made (None: the last one could).
+        self._stalled: dict[int, tuple[int, float, float | None]] = {}
+        #: Per wrapper, the call number at the last look; per server, when a
+        #: call on it was last seen to end (its sessions answer).
+        self._numbers: dict[int, int] = {}
+        self._progress: dict[Host, float] = {}
         self._thread: threading.Thread | None = None
         #: The watchdog's period, as it went to sleep.
         self._period = math.inf
@@ -154,15 +187,19 @@ class StallWatch:
         due: list[tuple[DatabaseWrapper, int]] = []
         period = math.inf
         seen: dict[int, tuple[int, float]] = {}
+        numbers: dict[int, int] = {}
         for wrapper in list(self._wrappers):
             stall_timeout = wrapper.connected_stall_timeout
             if stall_timeout is None or wrapper.connection is None:
                 self._wrappers.discard(wrapper)
                 continue
             period = min(period, _period(stall_timeout))
+            key, number = id(wrapper), wrapper.call_number
+            numbers[key] = number
+            if self._numbers.get(key, number) != number and wrapper.server is not None:
+                self._progress[wrapper.server] = now  # a call on that server ended
             if not wrapper.call_depth:
                 continue
-            key, number = id(wrapper), wrapper.call_number
             before = self._seen.get(key)
             when = before[1] if before is not None and before[0] == number else now + stall_timeout
             if when <= now:
@@ -170,40 +207,119 @@ class StallWatch:
                 when = math.inf  # being checked
             seen[key] = (number, when)
         self._seen = seen
+        self._numbers = numbers
+        self._stalled = {k: v for k, v in self._stalled.items() if seen.get(k, (-1,))[0] == v[0]}
         return due, period
 
     def _check(self, wrapper: DatabaseWrapper, number: int) -> None:
-        """Is the server of a call that has waited ``stall_timeout`` still alive?"""
+        """Is the session of a call that has waited ``stall_timeout`` still alive?"""
         host, fd, stall_timeout = wrapper.server, wrapper.server_fd, wrapper.connected_stall_timeout
         if host is None or fd is None or stall_timeout is None:
             return
         try:
-            problem = wrapper.connector.probe(host, wrapper.get_connection_params())
+            liveness, detail = session_liveness(wrapper, host)
         except Exception as exc:  # a bug must not leave the call unwatched
-            problem = None
+            liveness, detail = Liveness.UNKNOWN, f"the check failed: {exc}"
             logger.exception("database alias %r: liveness check failed: %s", wrapper.alias, exc)
+        key = id(wrapper)
         with self._lock:
             if not (wrapper.call_depth and wrapper.call_number == number):
                 return  # the call ended meanwhile: its connection is left alone
-            if problem is None:
-                self._seen[id(wrapper)] = (number, time.monotonic() + stall_timeout)
+            now = time.monotonic()
+            _, first_seen, unknown_since = self._stalled.get(
+                key, (number, now - stall_timeout, None)
+            )
+            if liveness is Liveness.UNKNOWN:
+                unknown_since = now if unknown_since is None else unknown_since
+                if now - unknown_since >= wrapper.failover_policy.retry_timeout:
+                    liveness = Liveness.SILENT
+                    detail = f"no check could reach it for {now - unknown_since:.1f}s ({detail})"
+            else:
+                unknown_since = None
+            self._stalled[key] = (number, first_seen, unknown_since)
+            if liveness is Liveness.SILENT and self._progress.get(host, -math.inf) > first_seen:
+                liveness = Liveness.ALIVE
+                detail = f"its other sessions answer ({detail}: its postmaster alone is stuck)"
+            if liveness in (Liveness.ALIVE, Liveness.UNKNOWN):
+                self._seen[key] = (number, now + stall_timeout)
                 logger.info(
-                    "database alias %r: a call has waited over %gs on %s, which answers: "
-                    "left alone",
+                    "database alias %r: a call has waited over %gs on %s: %s; left alone",
                     wrapper.alias,
                     stall_timeout,
                     host,
+                    detail,
                 )
                 return
-            reason = (
-                f"{host} did not answer for over {stall_timeout:g}s (stall_timeout) "
-                f"and a new connection to it failed: {problem}"
-            )
+            reason = f"{host} did not answer for over {stall_timeout:g}s (stall_timeout): {detail}"
             # Written before the socket is shut down: the calling thread, woken by
             # it, finds why.
             wrapper.call_given_up = (number, reason)
             _shut_down(fd)
         logger.warning("database alias %r: giving up a call: %s", wrapper.alias, reason)
+
+
+class Liveness(enum.Enum):
+    """What a check found of a stalled call's session (see the module's docstring)."""
+
+    ALIVE = "alive"
+    GONE = "gone"
+    SILENT = "silent"
+    UNKNOWN = "unknown"
+
+
+# The server's own process id, and the age of the session with the stalled call's id.
+_SESSION_SQL = (
+    "SELECT pg_backend_pid(), (SELECT extract(epoch FROM now() - backend_start)::float8 "
+    "FROM pg_stat_activity WHERE pid = %s)"
+)
+# The session's start, as the server clock counts from it, may differ from the
+# client's count by this much (clock rates, round trips).
+_AGE_TOLERANCE = 1.0
+
+
+def session_liveness(wrapper: DatabaseWrapper, host: Host) -> tuple[Liveness, str]:
+    """A new connection to ``host`` looks for the session of the wrapper's connection."""
+    driver = wrapper.driver
+    params = wrapper.get_connection_params()
+    params = probe_params(params, host, params.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
+    try:
+        with fork_gate.inside():
+            connection = driver.connect(params)
+    except Exception as exc:
+        if isinstance(exc, driver.module.Error):
+            reason = driver.connect_failure_reason(exc)
+            verdict = connect_verdict(reason, driver.is_connect_timeout(exc))
+        else:
+            reason, verdict = unexpected_failure(exc), Verdict.UNREACHABLE
+        if client_side(reason):
+            return Liveness.UNKNOWN, f"the check could not try ({reason})"
+        if verdict is Verdict.UNREACHABLE:
+            return Liveness.SILENT, f"a new connection to it failed: {reason}"
+        return Liveness.ALIVE, f"it answers ({server_message(reason)})"
+    try:
+        session = wrapper.server_session
+        if session is None:
+            return Liveness.ALIVE, "it answers"
+        pid, began, ended = session
+        with connection.cursor() as cursor:
+            cursor.execute(_SESSION_SQL, [pid])
+            own_pid, age = cursor.fetchone()
+        if own_pid != driver.backend_pid(connection):
+            return Liveness.ALIVE, "it answers (through a pooler: its sessions cannot be looked up)"
+        now = time.monotonic()
+        if age is not None and now - ended - _AGE_TOLERANCE <= age <= now - began + _AGE_TOLERANCE:
+            return Liveness.ALIVE, f"its session (process {pid}) is there"
+        return Liveness.GONE, (
+            f"a server answers there, but without the call's session (process {pid}): "
+            "the address leads to another server now, or the server restarted"
+        )
+    except driver.module.Error as exc:
+        return (
+            Liveness.SILENT,
+            f"a new connection to it failed: {driver.connect_failure_reason(exc)}",
+        )
+    finally:
+        driver.close_quietly(connection)
 
 
 def _period(stall_timeout: float) -> float:
@@ -213,9 +329,13 @@ def _period(stall_timeout: float) -> float:
 
 
 def _shut_down(fd: int) -> None:
-    """Wake the thread blocked on this socket: it reads the end of the stream."""
+    """Wake the thread blocked on this socket: it reads the end of the stream.
+
+    The socket object borrows the descriptor and gives it back (no ``dup()``:
+    a process out of descriptors must still be able to give a call up).
+    """
     try:
-        sock = socket.socket(fileno=os.dup(fd))
+        sock = socket.socket(fileno=fd)
     except OSError:
         return
     try:
@@ -223,7 +343,7 @@ def _shut_down(fd: int) -> None:
     except OSError:
         pass
     finally:
-        sock.close()
+        sock.detach()
 
 
 #: The process's watchdog.

@@ -99,3 +99,25 @@ def unexpected_failure(exc: BaseException) -> str:
     """
     text = " ".join(str(exc).split())
     return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+# libpq's and psycopg 3's words when the client could not even try: the name did
+# not resolve, no socket could be made, libpq could not start and said nothing.
+# Nothing was learned about the server.
+_CLIENT_SIDE = re.compile(
+    r"no error details available"
+    r"|could not translate host name"
+    r"|failed to resolve host"
+    r"|could not create socket"
+    r"|could not set socket"
+    r"|could not look up local user"
+    r"|Too many open files"
+    r"|Cannot assign requested address"
+    r"|Temporary failure in name resolution",
+    re.IGNORECASE,
+)
+
+
+def client_side(reason: str) -> bool:
+    """Whether a failed connect never reached a server (a resolver or local failure)."""
+    return _CLIENT_SIDE.search(reason) is not None

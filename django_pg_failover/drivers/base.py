@@ -17,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 _LOST_CLASSES = ("08",)
 _LOST_STATES = frozenset({"57P01", "57P02", "57P03"})
 READ_ONLY_SQL_TRANSACTION = "25006"
+NO_DETAILS = "no error details available"
 
 # libpq's preamble before the reason one host failed, and psycopg 3's before it
 # (before 3.2, psycopg 3 wrote "connection failed: " and the reason alone).
@@ -114,7 +115,9 @@ class Driver(abc.ABC):
             return "timeout expired"
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         if not lines:
-            return type(exc).__name__
+            # libpq says nothing when it could not even start (no file descriptor
+            # left, for one): psycopg 3's words for it, on both drivers.
+            return NO_DETAILS
         return _HOST_PREAMBLE.sub("", lines[0])
 
     # -- an open connection -----------------------------------------------------------
@@ -122,6 +125,13 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def landed_on(self, connection: Any) -> tuple[str, int]:
         """The host and port a connection reached."""
+
+    @abc.abstractmethod
+    def backend_pid(self, connection: Any) -> int:
+        """The server process of the session, as the server said at start-up (no round trip).
+
+        Behind a pooler this is the pooler's number, not a server process's.
+        """
 
     @abc.abstractmethod
     def parameter_status(self, connection: Any, name: str) -> str | None:

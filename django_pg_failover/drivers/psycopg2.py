@@ -57,6 +57,9 @@ class Psycopg2Driver(Driver):
     def landed_on(self, connection: Any) -> tuple[str, int]:
         return connection.info.host, int(connection.info.port)
 
+    def backend_pid(self, connection: Any) -> int:
+        return connection.get_backend_pid()
+
     def parameter_status(self, connection: Any, name: str) -> str | None:
         return connection.info.parameter_status(name)
 

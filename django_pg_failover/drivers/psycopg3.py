@@ -63,6 +63,9 @@ class Psycopg3Driver(Driver):
         pgconn = connection.pgconn
         return pgconn.host.decode(), int(pgconn.port)
 
+    def backend_pid(self, connection: Any) -> int:
+        return connection.pgconn.backend_pid
+
     def parameter_status(self, connection: Any, name: str) -> str | None:
         value = connection.pgconn.parameter_status(name.encode())
         return None if value is None else value.decode()

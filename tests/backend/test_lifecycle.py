@@ -428,6 +428,71 @@ def test_a_long_query_on_a_live_server_is_left_alone(cluster: Cluster, make_alia
         assert cursor.fetchone()[1] == 1
 
 
+def test_a_long_query_is_left_alone_while_only_its_postmaster_is_stuck(
+    cluster: Cluster, make_alias
+) -> None:
+    """New connections time out (the postmaster is stopped), but the server's sessions
+    answer: another thread's queries on that server complete all along. Not proof that the
+    call's server is frozen: the call runs to its end."""
+    alias, busy = make_alias(OPTIONS=STALL), make_alias(OPTIONS=STALL)
+    stop, connected = threading.Event(), threading.Event()
+    answered: list[int] = []
+
+    def other_sessions() -> None:
+        try:
+            connections[busy].ensure_connection()  # before the postmaster stops
+            connected.set()
+            while not stop.is_set():
+                with connections[busy].cursor() as cursor:
+                    cursor.execute("SELECT 1")
+                    answered.append(cursor.fetchone()[0])
+                time.sleep(0.05)
+        finally:
+            connections[busy].close()
+
+    connections[alias].ensure_connection()
+    thread = threading.Thread(target=other_sessions)
+    thread.start()
+    assert connected.wait(10)
+    try:
+        cluster.hang(cluster.primary, include_sessions=False)
+        started = time.monotonic()
+        with connections[alias].cursor() as cursor:
+            # Longer than stall_timeout plus a check's connect_timeout.
+            cursor.execute("SELECT pg_sleep(5), 1")
+            assert cursor.fetchone()[1] == 1
+        assert time.monotonic() - started >= 5
+    finally:
+        stop.set()
+        thread.join(30)
+        cluster.resume(cluster.primary)
+    assert len(answered) > 20
+
+
+def test_a_long_query_is_left_alone_while_the_check_cannot_make_a_socket(
+    cluster: Cluster, make_alias, failover_log
+) -> None:
+    """The check's new connection fails in the client (no file descriptor left: "could not
+    create socket"): nothing was learned about the server, and the call runs to its end."""
+    import resource
+
+    alias = make_alias(OPTIONS=STALL)
+    connections[alias].ensure_connection()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    with connections[alias].cursor() as cursor:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor
+        try:
+            cursor.execute("SELECT pg_sleep(4), 1")
+            assert cursor.fetchone()[1] == 1
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    messages = [r.getMessage() for r in failover_log.records]
+    assert not [m for m in messages if "giving up a call" in m]
+    assert [m for m in messages if "the check could not try" in m and "left alone" in m]
+
+
 # -- 5. a connection that died while idle is never used --------------------------------------
 
 
