@@ -74,6 +74,9 @@ class HostFailure:
     def final(self) -> bool:
         return self.verdict is not None and self.verdict.final
 
+    #: (A failure never suits; see :attr:`Landing.suits`.)
+    suits = False
+
 
 @dataclass
 class Landing:
@@ -88,6 +91,8 @@ class Landing:
     #: session started in between (the stall watchdog knows it again by that).
     began: float = 0.0
     ended: float = 0.0
+    #: Judged suitable by the calling thread's own attempt (the healthy path).
+    suits: bool = False
 
 
 @dataclass
@@ -235,6 +240,7 @@ class Connector:
         params: Mapping[str, Any],
         hosts: Sequence[Host],
         coordinator: Callable[[], Watcher] | None = None,
+        first: Landing | HostFailure | None = None,
     ) -> _Walk:
         """Try ``hosts`` in order, overtaking silent ones; the first that suits wins.
 
@@ -242,6 +248,8 @@ class Connector:
         path, the primary). Going on down the list is the search for a new server
         during a failover: with a ``coordinator``, one thread of the process
         searches, and the others leave the walk deferred, to wait for it.
+        ``first``: what an attempt at one of ``hosts`` made beforehand found (the
+        calling thread's own, see :meth:`_connect_known_host`).
         """
         target = self.target_session_attrs
         pending = deque(hosts)
@@ -265,7 +273,23 @@ class Connector:
             in_flight[workers.submit(self.attempt, host, params)] = host
             return True
 
-        start_next()
+        def collect(host: Host, result: Landing | HostFailure) -> None:
+            nonlocal winner, fallback
+            if isinstance(result, HostFailure):
+                failures[host] = result
+            elif result.role is None or suits(result.role, target):
+                winner = result
+            elif accepts_fallback(target) and fallback is None:
+                fallback = result
+            else:
+                self.driver.close_quietly(result.connection)
+                failures[host] = HostFailure(host, wrong_role_reason(target, result.role), None)
+
+        if first is not None:
+            pending.remove(first.host)
+            collect(first.host, first)
+        if winner is None and pending:
+            start_next()
         try:
             # Deferred (another thread searches), the attempts in flight still count
             # (no new one starts), until that search ends: then the caller connects
@@ -288,20 +312,9 @@ class Connector:
                     continue
                 # Attempts that ended together: the preferred host first.
                 for future in sorted(done, key=lambda f: hosts.index(in_flight[f])):
-                    host = in_flight.pop(future)
-                    result = future.result()
-                    if isinstance(result, HostFailure):
-                        failures[host] = result
-                    elif result.role is None or suits(result.role, target):
-                        winner = result
+                    collect(in_flight.pop(future), future.result())
+                    if winner is not None:
                         break
-                    elif accepts_fallback(target) and fallback is None:
-                        fallback = result
-                    else:
-                        self.driver.close_quietly(result.connection)
-                        failures[host] = HostFailure(
-                            host, wrong_role_reason(target, result.role), None
-                        )
                     if pending and search_end is None:  # a host that answered at once: the next
                         start_next()
         finally:
@@ -347,6 +360,7 @@ class Connector:
             deadline = started + policy.retry_timeout
         refused: dict[Host, HostFailure] = {}
         passes = 0
+        known: Landing | HostFailure | None = None
         search = active_search(self, params)
         if search is not None:
             # A failover is under way: no use trying before the search finds a server.
@@ -354,13 +368,14 @@ class Connector:
             searching, search_end = search
             searching.wait(_until(deadline), change=search_end)
         else:
-            landing = self._connect_known_host(params, started)
-            if landing is not None:
-                return landing
+            known = self._connect_known_host(params, started)
+            if known is not None and known.suits:
+                return known  # the healthy path
         while True:
             passes += 1
             candidates = [h for h in self.ordered_hosts() if h not in refused]
-            walk = self.walk(params, candidates, lambda: watcher_for(self, params))
+            walk = self.walk(params, candidates, lambda: watcher_for(self, params), known)
+            known = None
             self._report_failures(walk.failures, passes)
             if walk.landing is not None:
                 if passes > 1 or walk.failures:
@@ -423,16 +438,19 @@ class Connector:
             # thread; the last try lands on the deadline.
             watcher.wait(_until(deadline), hand_over=walk.searching is not None)
 
-    def _connect_known_host(self, params: Mapping[str, Any], started: float) -> Landing | None:
+    def _connect_known_host(
+        self, params: Mapping[str, Any], started: float
+    ) -> Landing | HostFailure | None:
         """The healthy path: the first host answered lately with a role that suits.
 
         Connect to it in the calling thread, as Django's own backend does: no
-        thread is woken and none waited for. Anything else (a failure, another
-        role) is left to the walk, which tries every host again in the order
-        the memory now gives. A host that hangs now holds up the connects
-        already under way (``connect_timeout``); one that arrives while an
-        attempt to it has gone unanswered for ``attempt_delay`` walks the list,
-        overtaking it.
+        thread is woken and none waited for. A connection that suits is
+        returned reported; anything else (a failure, another role) is what the
+        first attempt of the pass that follows found. None: not tried (the
+        memory knows no such host, or an attempt at it in another thread has
+        gone unanswered for ``attempt_delay``: then the pass overtakes it). A
+        host that hangs now holds up the connects already under way to it for
+        ``connect_timeout``.
         """
         host = self.ordered_hosts()[0]
         if not host_status.suits(host, self.target_session_attrs):
@@ -448,10 +466,10 @@ class Connector:
             if _connecting_inline.get(host) == began:
                 _connecting_inline.pop(host, None)
         if isinstance(result, HostFailure):
-            return None
+            return result
         if result.role is not None and not suits(result.role, self.target_session_attrs):
-            self.driver.close_quietly(result.connection)
-            return None
+            return result
+        result.suits = True
         if self.failing:
             forget_failures(self, params)  # they describe an outage now over
             self.failing = self.refused_for_good = False

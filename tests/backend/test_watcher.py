@@ -130,18 +130,20 @@ def test_the_watcher_never_wakes_waiters_for_a_server_the_target_rejects(
     assert landed == [new.port] != [old.port]
 
 
-def sockets_to(port: int) -> int:
-    """Sockets of this process connected to ``port`` on loopback."""
-    count = 0
+def sockets_to(port: int) -> set[str]:
+    """This process's sockets connected to ``port`` on loopback (by inode)."""
+    found = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
-            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if not link.startswith("socket:"):
                 continue
             with socket.socket(fileno=os.dup(int(fd))) as sock:
-                count += sock.getpeername()[1] == port
+                if sock.getpeername()[1] == port:
+                    found.add(link)
         except (OSError, ValueError, IndexError, TypeError):
             continue  # gone meanwhile, not connected, or not an internet socket
-    return count
+    return found
 
 
 def test_attempts_that_timed_out_leave_no_socket_open(cluster: Cluster, make_alias) -> None:
@@ -152,6 +154,7 @@ def test_attempts_that_timed_out_leave_no_socket_open(cluster: Cluster, make_ali
         HOST=[entry(hung), entry(cluster.primary), entry(standby)],
         OPTIONS={"connect_timeout": 2, "failover": {"retry_timeout": 20, "backoff_max": 0.25}},
     )
+    before = sockets_to(hung.port)  # earlier tests' connections to that server, if any
     cluster.hang(hung, include_sessions=False)
     cluster.crash(cluster.primary)
 
@@ -168,5 +171,7 @@ def test_attempts_that_timed_out_leave_no_socket_open(cluster: Cluster, make_ali
     assert connections[alias].connector.last_failures  # remembered, for the next error
     # Attempts still in flight end within connect_timeout; then nothing stays open.
     wait_for(
-        lambda: gc.collect() >= 0 and sockets_to(hung.port) == 0, 8, "no socket to the hung host"
+        lambda: gc.collect() >= 0 and not sockets_to(hung.port) - before,
+        8,
+        "no socket opened to the hung host to stay open",
     )
