@@ -16,8 +16,22 @@ libpq's own walk of the host list, and whose failures only reach the
   with every other idle connection (the server it reached is gone or
   demoted), instead of failing one request each;
 - waiting for a connection ends with the backend's error naming each host
-  after ``retry_timeout`` when no server could be reached (the pool's
-  ``timeout`` still bounds waiting for a busy pool).
+  after ``retry_timeout`` when no server could be reached, at once when every
+  host refused for good (the pool's ``timeout`` still bounds waiting for a
+  busy pool).
+
+A request waits in psycopg_pool's own queue, first come first served, and
+keeps its place there: it enters the queue once for the whole wait (twice
+when ``retry_timeout`` ends before the pool's ``timeout`` on a pool that is
+merely busy), never once per look at the hosts. A waiter that left the
+queue and came back at its end could be overtaken by every newcomer, again
+and again, and time out on a busy pool that served everyone else in time.
+So the hosts' state is not polled by the waiters: the pool's worker that
+sees every host refuse for good turns the waiters away itself, as
+psycopg_pool's ``close()`` does (its ``_waiting`` queue, under its
+``_lock``, each waiter failed through ``WaitingClient.fail()``: the same in
+every psycopg_pool from 3.3.0 to 3.3.3, and the only way to end a wait in
+that queue), and ``retry_timeout`` is a deadline of the wait itself.
 """
 
 from __future__ import annotations
@@ -42,8 +56,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("django_pg_failover")
 
-#: How long one wait on the pool lasts before the hosts' state is looked at again.
-_WAIT_SLICE = 0.1
+#: How long a request that comes while every host refuses for good waits for a
+#: connection that is free (or given back) before it gets the backend's error.
+_REFUSED_WAIT = 0.1
+#: psycopg_pool refuses a wait of 0 even when a connection is free.
+_MIN_WAIT = 0.001
+
+
+class _EveryHostRefused(Exception):
+    """Ends a wait in the pool's queue: every host refused for good (see getconn())."""
+
 
 # ConnectionPool arguments Django (or this backend) sets itself.
 RESERVED_POOL_OPTIONS = frozenset({"kwargs", "conninfo", "open", "configure", "connection_class"})
@@ -84,29 +106,54 @@ class FailoverPool(ConnectionPool):
     # -- opening connections (in the pool's worker threads) ----------------------------
 
     def open_connection(self, kwargs: Mapping[str, Any]) -> Any:
-        landing = self.connector.connect(
-            kwargs, deadline=math.inf, keep_waiting=lambda: not self.closed
-        )
+        try:
+            landing = self.connector.connect(
+                kwargs, deadline=math.inf, keep_waiting=lambda: not self.closed
+            )
+        except Exception:
+            if self.connector.refused_for_good:
+                self._turn_waiters_away()
+            raise
         self.landings[landing.connection] = landing
         return landing.connection
+
+    def _turn_waiters_away(self) -> None:
+        """Every host refused for good: no request waits for a connection.
+
+        psycopg_pool's ``close()`` ends the waits in its queue the same way. A
+        waiter handed a connection meanwhile keeps it: ``WaitingClient.set()``
+        and ``fail()`` exclude each other.
+        """
+        with self._lock:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        for client in waiting:
+            client.fail(_EveryHostRefused())
 
     # -- handing them out ----------------------------------------------------------------
 
     def getconn(self, timeout: float | None = None) -> Any:
+        connector = self.connector
         started = time.monotonic()
         pool_deadline = started + (self.timeout if timeout is None else timeout)
-        hosts_deadline = started + self.connector.policy.retry_timeout
+        hosts_deadline = started + (
+            _REFUSED_WAIT if connector.refused_for_good else connector.policy.retry_timeout
+        )
         while True:
             now = time.monotonic()
+            # One wait in the queue up to the nearer deadline (see the module's docstring).
+            until = hosts_deadline if now < hosts_deadline < pool_deadline else pool_deadline
             try:
-                connection = super().getconn(
-                    timeout=max(min(pool_deadline - now, _WAIT_SLICE), 0.001)
-                )
+                connection = super().getconn(timeout=max(until - now, _MIN_WAIT))
+            except _EveryHostRefused:
+                raise connector.give_up_error(time.monotonic() - started) from None
             except PoolTimeout:
+                # Also the end for a request that entered the queue in the instant after
+                # a refusal had emptied it, when no later refusal came first (a pool
+                # that can grow tries a connect for it at once).
                 now = time.monotonic()
-                failing = self.connector.failing
-                if failing and (self.connector.refused_for_good or now >= hosts_deadline):
-                    raise self.connector.give_up_error(now - started) from None
+                if connector.failing and (connector.refused_for_good or now >= hosts_deadline):
+                    raise connector.give_up_error(now - started) from None
                 if now >= pool_deadline:
                     raise PoolTimeout(
                         f"couldn't get a connection after {now - started:.2f} sec"

@@ -13,9 +13,9 @@ import functools
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .base import TRANSACTION_IDLE_CODE, Driver, TransactionStatus
+from .base import TRANSACTION_IDLE_CODE, Driver, Notice, TransactionStatus
 
-__all__ = ["TRANSACTION_IDLE_CODE", "Driver", "TransactionStatus", "get_driver"]
+__all__ = ["TRANSACTION_IDLE_CODE", "Driver", "Notice", "TransactionStatus", "get_driver"]
 
 INSTALL_HINT = (
     "pip install 'django-pg-failover[psycopg]' (psycopg 3, with its connection pool) "

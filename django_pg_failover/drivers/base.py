@@ -7,6 +7,7 @@ import enum
 import re
 from collections.abc import Callable, Mapping
 from contextlib import suppress
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -40,6 +41,21 @@ class TransactionStatus(enum.Enum):
     IN_TRANSACTION = "in transaction"
     IN_ERROR = "in error"
     UNKNOWN = "unknown"  # the connection is bad
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A message the server sent on an idle connection, as the driver passed it on.
+
+    libpq hands over an error that comes while the connection is idle (a
+    server's goodbye) the way it hands over a notice.
+    """
+
+    text: str
+    #: ``ERROR``, ``FATAL``, ``WARNING``, ``NOTICE``... never translated; None when
+    #: the driver passes on the text alone (psycopg2).
+    severity: str | None = None
+    sqlstate: str | None = None
 
 
 class Driver(abc.ABC):
@@ -150,8 +166,17 @@ class Driver(abc.ABC):
         """The connection's socket, None once closed."""
 
     @abc.abstractmethod
-    def consume_input(self, connection: Any) -> None:
-        """Read what the server sent unasked; raise the driver's error if it hung up."""
+    def consume_input(self, connection: Any) -> list[Notice]:
+        """Read what the server sent unasked, without waiting, and take it in.
+
+        Notifications and parameter changes go where the driver keeps them; the
+        notices that came are returned. Raises the driver's error when the
+        server hung up.
+        """
+
+    def goodbye_error(self, notice: Notice) -> Exception:
+        """The error for a session the server ended with this message."""
+        return self.operational_error(notice.text)
 
     def close_quietly(self, connection: Any) -> None:
         with suppress(Exception):
@@ -170,8 +195,12 @@ class Driver(abc.ABC):
             connection
         ):
             return True
-        code = self.sqlstate(exc)
-        return bool(code) and (code.startswith(_LOST_CLASSES) or code in _LOST_STATES)
+        return self.ends_session(self.sqlstate(exc))
+
+    @staticmethod
+    def ends_session(sqlstate: str | None) -> bool:
+        """Whether a message with this SQLSTATE says the session is over."""
+        return bool(sqlstate) and (sqlstate.startswith(_LOST_CLASSES) or sqlstate in _LOST_STATES)
 
     def server_read_only(self, exc: BaseException) -> bool:
         """True for "cannot execute ... in a read-only transaction" (25006)."""

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from .base import Driver, TransactionStatus
+from .base import Driver, Notice, TransactionStatus
 
 _TRANSACTION_STATUS = {
     psycopg2.extensions.TRANSACTION_STATUS_IDLE: TransactionStatus.IDLE,
@@ -18,6 +18,10 @@ _TRANSACTION_STATUS = {
     psycopg2.extensions.TRANSACTION_STATUS_INTRANS: TransactionStatus.IN_TRANSACTION,
     psycopg2.extensions.TRANSACTION_STATUS_INERROR: TransactionStatus.IN_ERROR,
 }
+
+
+#: How many notices psycopg2 keeps in connection.notices (its CONN_NOTICES_LIMIT).
+_NOTICES_KEPT = 50
 
 
 class Psycopg2Driver(Driver):
@@ -75,10 +79,23 @@ class Psycopg2Driver(Driver):
             return None
         return connection.fileno()
 
-    def consume_input(self, connection: Any) -> None:
-        # On a synchronous connection poll() reads pending messages (PQconsumeInput)
-        # and raises OperationalError when the server has closed the socket.
-        connection.poll()
+    def consume_input(self, connection: Any) -> list[Notice]:
+        # On a synchronous connection poll() reads pending messages (PQconsumeInput),
+        # moves notifications to connection.notifies and notices to
+        # connection.notices, and raises OperationalError when the server has
+        # closed the socket. The notices are caught on their way (psycopg2 lets
+        # any object with append() take them), then handed on as usual.
+        kept, connection.notices = connection.notices, []
+        try:
+            connection.poll()
+        finally:
+            arrived, connection.notices = connection.notices, kept
+            for text in arrived:
+                kept.append(text)
+            if isinstance(kept, list):
+                del kept[:-_NOTICES_KEPT]
+        # Text alone: "FATAL:  terminating connection...", severity translated.
+        return [Notice(text.strip()) for text in arrived]
 
     def sqlstate(self, exc: BaseException | None) -> str | None:
         return getattr(exc, "pgcode", None)

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import conninfo, pq
 
-from .base import Driver, TransactionStatus
+from .base import Driver, Notice, TransactionStatus
 
 _TRANSACTION_STATUS = {
     pq.TransactionStatus.IDLE: TransactionStatus.IDLE,
@@ -85,10 +85,37 @@ class Psycopg3Driver(Driver):
         except psycopg.OperationalError:
             return None
 
-    def consume_input(self, connection: Any) -> None:
-        connection.pgconn.consume_input()
-        if connection.pgconn.status == pq.ConnStatus.BAD:
+    def consume_input(self, connection: Any) -> list[Notice]:
+        pgconn = connection.pgconn
+        notices: list[Notice] = []
+
+        def note(diag: psycopg.errors.Diagnostic) -> None:
+            # Read now: the message behind diag is freed when the handler returns.
+            text, severity = diag.message_primary or "", diag.severity_nonlocalized
+            notices.append(Notice(text, severity, diag.sqlstate))
+
+        connection.add_notice_handler(note)
+        try:
+            pgconn.consume_input()  # raises OperationalError when the server hung up
+            # consume_input() only reads; parsing what it read hands the notices to
+            # the handlers and queues the notifications, which go where psycopg
+            # puts them after any read of its own.
+            while notify := pgconn.notifies():
+                if pgconn.notify_handler:
+                    pgconn.notify_handler(notify)
+        finally:
+            connection.remove_notice_handler(note)
+        if pgconn.status == pq.ConnStatus.BAD:
             raise psycopg.OperationalError("the server closed the connection")
+        return notices
+
+    def goodbye_error(self, notice: Notice) -> Exception:
+        # The class psycopg raises for that SQLSTATE (AdminShutdown for 57P01...).
+        try:
+            error_class = psycopg.errors.lookup(notice.sqlstate or "")
+        except KeyError:
+            error_class = psycopg.OperationalError
+        return error_class(notice.text)
 
     def sqlstate(self, exc: BaseException | None) -> str | None:
         return getattr(exc, "sqlstate", None)

@@ -13,6 +13,7 @@ from .errors import LabError, LabTimeout
 from .node import Node, State
 from .patroni import LeaderChange, LeaderWatch, PatroniCluster, load_lab
 from .patroni_member import Member
+from .relay import Relay
 
 __all__ = [
     "APP_DATABASE",
@@ -29,6 +30,7 @@ __all__ = [
     "NodeStatus",
     "PatroniCluster",
     "PgInstall",
+    "Relay",
     "State",
     "find_install",
     "find_installs",

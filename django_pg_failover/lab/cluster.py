@@ -234,6 +234,14 @@ class Cluster(Lab):
         node.crash()
         return node
 
+    def kill_postmaster(self, node: Node | None = None) -> Node:
+        """``kill -9`` of the postmaster alone (an OOM killer's choice, say): its sessions
+        end themselves, each sending its client a goodbye before it closes."""
+        node = node or self.primary
+        self._dirty = True
+        node.kill_postmaster()
+        return node
+
     def hang(self, node: Node | None = None, include_sessions: bool = True) -> Node:
         node = node or self.primary
         self._dirty = True

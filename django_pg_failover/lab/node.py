@@ -188,6 +188,22 @@ class Node:
         reap(victims)
         self.remove_leftovers(shmid)
 
+    def kill_postmaster(self, timeout: float = 10) -> None:
+        """``kill -9`` the postmaster alone: every backend notices, sends its client the
+        goodbye (FATAL 57P01 ``terminating connection due to unexpected postmaster
+        exit``) and exits. Returns once they all have."""
+        pid = self.pid
+        if pid is None:
+            raise LabError(f"{self.name} is not running")
+        shmid = self.shared_memory_id()
+        children = children_of(pid, zombies=True)
+        os.kill(pid, signal.SIGKILL)
+        if self._proc is not None:
+            self._proc.wait()
+            self._proc = None
+        reap([pid, *children], timeout)
+        self.remove_leftovers(shmid)
+
     def remove_leftovers(self, shmid: int | None) -> None:
         """Clean up after a killed postmaster: its shared memory and lock files."""
         if shmid is not None:

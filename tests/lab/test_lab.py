@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from django_pg_failover.lab import Cluster, LabError, State, find_installs
+from django_pg_failover.lab import Cluster, LabError, Relay, State, find_installs
 from django_pg_failover.lab.sql import driver
 from django_pg_failover.lab.system import process_state
 
@@ -144,6 +145,48 @@ def test_crash_kills_every_process_and_leaves_no_shared_memory(pg_cluster: Clust
     assert process_state(postmaster) is None
     assert all(process_state(pid) is None for pid in backend_pids)
     assert shmid not in system_v_segments()
+
+
+def test_kill_postmaster_lets_each_session_say_goodbye(pg_cluster: Cluster) -> None:
+    node = pg_cluster.primary
+    shmid = node.shared_memory_id()
+    with closing(node.connect()) as conn:
+        backend_pids = [int(r[0]) for r in node.query("SELECT pid FROM pg_stat_activity")]
+        postmaster = node.pid
+        pg_cluster.kill_postmaster(node)
+        assert process_state(postmaster) is None
+        assert all(process_state(pid) is None for pid in backend_pids)
+        assert shmid not in system_v_segments()
+        with closing(socket.fromfd(conn.fileno(), socket.AF_INET, socket.SOCK_STREAM)) as raw:
+            raw.settimeout(5)
+            goodbye = raw.recv(4096)
+    assert b"terminating connection due to unexpected postmaster exit" in goodbye
+    pg_cluster.start(node)
+    assert node.scalar("SELECT 1") == 1
+
+
+def test_relay_holds_back_the_end_of_the_stream(pg_cluster: Cluster) -> None:
+    node = pg_cluster.primary
+    with (
+        Relay(node.port, hold_close=True) as relay,
+        closing(driver().connect(**node.dsn(port=relay.port))) as conn,
+    ):
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+        node.query("SELECT pg_terminate_backend(%s)", [pid])
+        assert relay.server_closed.wait(10)
+        raw = socket.fromfd(conn.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+        with closing(raw):
+            raw.settimeout(5)
+            assert b"terminating connection" in raw.recv(4096)  # the goodbye came...
+            raw.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                raw.recv(4096)  # ...not the end of the stream
+            relay.release_close()
+            raw.settimeout(5)
+            assert raw.recv(4096) == b""
 
 
 def system_v_segments() -> set[int]:
