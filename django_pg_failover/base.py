@@ -12,7 +12,9 @@ The overrides are few and each delegates to a module of its own:
 - :class:`FailoverErrorWrapper` sees every driver error; one that lost the
   connection, or found the server read-only under a read-write session, closes
   it so that the next use reconnects (:mod:`.loss`);
-- with ``retry_reads``, cursors re-run a lost plain SELECT once (:mod:`.reads`).
+- with ``retry_reads``, cursors re-run a lost plain SELECT once (:mod:`.reads`);
+- after ``fork()``, the child lets go of the connections it inherited, without
+  a word to their servers, and opens its own (:mod:`.inherited`).
 
 The driver (psycopg 3 or psycopg2, as Django chooses) is reached through
 :mod:`.drivers` only. Nothing here runs on the healthy path of a query beyond
@@ -37,7 +39,7 @@ driver = get_driver()
 
 from django.db.backends.postgresql import base as postgresql
 
-from . import loss
+from . import inherited, loss
 from .client import DatabaseClient
 from .conf import FailoverSettings
 from .connect import Connector, Landing
@@ -152,6 +154,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.atomic_block_lost = False
         #: A COMMIT is in flight: a loss now leaves its outcome unknown.
         self.committing = False
+        inherited.note(self)
 
     @cached_property
     def wrap_database_errors(self) -> FailoverErrorWrapper:

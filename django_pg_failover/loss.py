@@ -71,16 +71,22 @@ def on_driver_error(wrapper: DatabaseWrapper, exc: BaseException) -> None:
         # inside it. Dropped like this, the next query in the block fails at
         # once and the block's commit raises (see check_commit()).
         release(wrapper)
-        wrapper.atomic_block_lost = True
-        if not wrapper.commit_on_exit:  # the block is part of a manual transaction
-            wrapper.transaction_lost = True
     else:
         driver.close_quietly(connection)  # a pool must not take it back
         with suppress(driver.module.Error, OperationalError):
             wrapper.close()
-        if not wrapper.autocommit:
-            wrapper.transaction_lost = True
+    transaction_gone(wrapper, in_atomic_block)
     wrapper.lost_error = exc if lost else None
+
+
+def transaction_gone(wrapper: DatabaseWrapper, in_atomic_block: bool) -> None:
+    """The connection is gone (the wrapper holds none now), and its transaction with it."""
+    if in_atomic_block:
+        wrapper.atomic_block_lost = True
+        if not wrapper.commit_on_exit:  # the block is part of a manual transaction
+            wrapper.transaction_lost = True
+    elif not wrapper.autocommit:
+        wrapper.transaction_lost = True
 
 
 def release(wrapper: DatabaseWrapper) -> None:

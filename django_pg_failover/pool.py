@@ -18,7 +18,12 @@ libpq's own walk of the host list, and whose failures only reach the
 - waiting for a connection ends with the backend's error naming each host
   after ``retry_timeout`` when no server could be reached, at once when every
   host refused for good (the pool's ``timeout`` still bounds waiting for a
-  busy pool).
+  busy pool);
+- in a child process (``fork()``), the parent's pool is not used: its worker
+  threads do not exist there and its idle connections are the parent's
+  sessions. It is let go of without a word to their servers (never closed:
+  psycopg_pool's close would end them, and wait for the threads) and the next
+  use builds the child's own (:func:`after_fork_in_child`, :mod:`.inherited`).
 
 A request waits in psycopg_pool's own queue, first come first served, and
 keeps its place there: it enters the queue once for the whole wait (twice
@@ -38,15 +43,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import signals
 from .connect import server_role
+from .inherited import let_go
 from .liveness import idle_connection_failure
 from .status import host_status
 from .targets import suits
@@ -237,3 +245,24 @@ def build_pool(wrapper: Any) -> FailoverPool:
         configure=wrapper._configure_connection,
         **options,
     )
+
+
+def after_fork_in_child() -> None:
+    """The parent's pools are not the child's: each alias gets a new one on first use."""
+    pools = PostgresWrapper._connection_pools  # Django's, per alias, for every thread
+    for alias, pool in list(pools.items()):
+        if isinstance(pool, FailoverPool):
+            del pools[alias]
+            # psycopg_pool's own attributes: its close() would wait for the worker
+            # threads and close the parent's sessions. Closed so, its close() and
+            # __del__ do nothing.
+            pool._closed = True
+            idle = list(pool._pool)
+            pool._pool.clear()
+            for connection in idle:
+                let_go(pool.connector.driver, connection)
+
+
+# The checked-out connections are the wrappers' (see inherited.after_fork_in_child()).
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=after_fork_in_child)

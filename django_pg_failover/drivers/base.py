@@ -182,6 +182,13 @@ class Driver(abc.ABC):
         with suppress(Exception):
             connection.close()
 
+    @abc.abstractmethod
+    def let_go_inherited(self, connection: Any) -> None:
+        """In a child process: let go of a connection its parent opened, whose socket
+        the caller has replaced with a placeholder (:mod:`..inherited`). Nothing may
+        reach the server, and nothing may wait for a lock a thread of the parent
+        held at the fork."""
+
     # -- errors -----------------------------------------------------------------------
 
     @abc.abstractmethod

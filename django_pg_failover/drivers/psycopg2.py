@@ -79,6 +79,13 @@ class Psycopg2Driver(Driver):
             return None
         return connection.fileno()
 
+    def let_go_inherited(self, connection: Any) -> None:
+        # Nothing: connection_dealloc skips PQfinish in a process other than the
+        # one that opened the connection (it compares the pid), and only the
+        # placeholder stays open. Not close(): it takes the connection's lock,
+        # which a thread of the parent may have held at the fork.
+        pass
+
     def consume_input(self, connection: Any) -> list[Notice]:
         # On a synchronous connection poll() reads pending messages (PQconsumeInput),
         # moves notifications to connection.notifies and notices to

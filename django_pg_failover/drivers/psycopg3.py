@@ -85,6 +85,12 @@ class Psycopg3Driver(Driver):
         except psycopg.OperationalError:
             return None
 
+    def let_go_inherited(self, connection: Any) -> None:
+        # PQfinish takes no lock of psycopg's (nor does it return a pooled
+        # connection, as close() may): libpq's memory and the placeholder are freed
+        # at once, and its Terminate goes to the placeholder.
+        connection.pgconn.finish()
+
     def consume_input(self, connection: Any) -> list[Notice]:
         pgconn = connection.pgconn
         notices: list[Notice] = []
