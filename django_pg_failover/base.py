@@ -258,7 +258,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         connection = super().get_new_connection(conn_params)
         landing, self.landing = self.landing, None
         if landing is None:  # a pool's connection (Django 5.1+), opened by its worker
-            landing = getattr(self.pool, "landings", {}).get(connection)
+            landing = getattr(connection, "_pg_failover_landing", None)
         if landing is not None:
             self.server = landing.host
             self.server_session = (driver.backend_pid(connection), landing.began, landing.ended)

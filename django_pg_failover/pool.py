@@ -45,7 +45,6 @@ import logging
 import math
 import os
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +59,7 @@ from .status import host_status
 from .targets import suits
 
 if TYPE_CHECKING:
-    from .connect import Connector, Landing
+    from .connect import Connector
 
 logger = logging.getLogger("django_pg_failover")
 
@@ -100,9 +99,6 @@ class FailoverPool(ConnectionPool):
         **options: Any,
     ) -> None:
         self.connector = connector
-        #: How each connection of the pool was made, while it exists (the wrapper
-        #: that checks one out learns its server and session from it).
-        self.landings: weakref.WeakKeyDictionary[Any, Landing] = weakref.WeakKeyDictionary()
         self._user_check = check  # Django 6.1 lets OPTIONS["pool"] give one
         # With CONN_HEALTH_CHECKS, psycopg_pool runs the check at every checkout,
         # as with Django's pool; ours also refuses a server that changed role.
@@ -122,7 +118,10 @@ class FailoverPool(ConnectionPool):
             if self.connector.refused_for_good:
                 self._turn_waiters_away()
             raise
-        self.landings[landing.connection] = landing
+        # Kept on the connection (psycopg's has attributes of its own; no lookup
+        # by a weak reference at every checkout): the wrapper that checks it out
+        # learns its server and session from it.
+        landing.connection._pg_failover_landing = landing
         return landing.connection
 
     def _turn_waiters_away(self) -> None:

@@ -105,8 +105,8 @@ class StallWatch:
         self._numbers: dict[int, int] = {}
         self._progress: dict[Host, float] = {}
         self._thread: threading.Thread | None = None
-        #: The watchdog's period, as it went to sleep.
-        self._period = math.inf
+        #: How long the watchdog sleeps, as it went to sleep (0 while it is awake).
+        self._period = 0.0
 
     def after_fork_in_child(self) -> None:
         self._reset()
@@ -165,18 +165,22 @@ class StallWatch:
 
     def _watch_calls(self) -> None:
         idle_since = time.monotonic()
+        # Without a watched connection, the last period still: a process that
+        # connects per request signs up again at once, and finds the watchdog
+        # asleep for no longer than its connection allows (nothing to wake).
+        last_period = _IDLE_EXIT
         while True:
             with self._lock:
                 now = time.monotonic()
                 due, period = self._due_calls(now)
                 if period < math.inf:
-                    idle_since = now
+                    idle_since, last_period = now, period
                 elif now - idle_since > _IDLE_EXIT:
                     return
                 if not due:
-                    self._period = min(period, _IDLE_EXIT)
+                    self._period = min(period, last_period)
                     self._wake.wait(self._period)
-                    self._period = math.inf
+                    self._period = 0.0  # awake: a new connection is seen at the next look
                     continue
             for wrapper, number in due:
                 workers.submit(self._check, wrapper, number)

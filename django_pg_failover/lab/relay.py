@@ -35,6 +35,12 @@ class Relay:
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, name="lab-relay", daemon=True).start()
 
+    def retarget(self, target_port: int) -> None:
+        """Send new connections to ``target_port`` from now on, as a proxy, a virtual
+        IP or a DNS name moved to a new primary does; those relayed already stay."""
+        with self._lock:
+            self.target = (self.target[0], target_port)
+
     def release_close(self) -> None:
         """Let the ends of the servers' streams through."""
         self._released.set()
@@ -45,7 +51,9 @@ class Relay:
                 client, _ = self._listener.accept()
             except OSError:  # closed
                 return
-            server = socket.create_connection(self.target)
+            with self._lock:
+                target = self.target
+            server = socket.create_connection(target)
             with self._lock:
                 self._sockets += [client, server]
             for source, sink, from_server in ((client, server, False), (server, client, True)):

@@ -20,7 +20,7 @@ from django.db import Error, OperationalError, connections, transaction
 
 from django_pg_failover import background, signals
 from django_pg_failover.hosts import Host
-from django_pg_failover.lab import Cluster
+from django_pg_failover.lab import Cluster, Relay
 from django_pg_failover.lab.cluster import free_port
 from django_pg_failover.lab.system import wait_for
 from django_pg_failover.status import HostState, host_status
@@ -419,6 +419,48 @@ def test_a_health_check_on_a_frozen_server_is_given_up(cluster: Cluster, make_al
     in_request(lambda: create(alias))  # the health check hangs, is given up, reconnects
     assert time.monotonic() - started < STALL_BOUND + 1.0
     assert port_of(alias) == new.port
+
+
+def test_a_call_behind_an_address_that_moved_is_given_up(cluster: Cluster, make_alias) -> None:
+    """HOST is one address (a relay, as a proxy or a virtual IP) that moves to the promoted
+    standby while the old primary is frozen: a server answers there, but not the one with
+    the call's session. The call is given up; the next query reaches the new primary."""
+    stall_timeout = 3.0  # the address has moved before the check looks
+    old = cluster.primary
+    with Relay(old.port) as relay:
+        alias = make_alias(
+            HOST=[f"127.0.0.1:{relay.port}"],
+            OPTIONS={"connect_timeout": 2, "failover": {"stall_timeout": stall_timeout}},
+        )
+        create(alias)
+        moved = threading.Event()
+
+        def fault() -> None:
+            time.sleep(0.3)
+            cluster.hang(old)
+            relay.retarget(cluster.promote().port)
+            moved.set()
+            # Without the fix the check finds an answer at the address and leaves the
+            # call alone: thawed, the old primary ends the sleep and the call returns.
+            time.sleep(9)
+            cluster.resume(old)
+
+        thread = threading.Thread(target=fault)
+        thread.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(OperationalError) as excinfo, connections[alias].cursor() as cursor:
+                cursor.execute("SELECT pg_sleep(12)")
+            elapsed = time.monotonic() - started
+        finally:
+            thread.join(30)
+        assert moved.is_set()
+        # Found within a quarter more than stall_timeout; the check itself is quick.
+        assert elapsed < stall_timeout * 1.25 + 1.5
+        assert "without the call's session" in str(excinfo.value)
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT inet_server_port()")
+            assert cursor.fetchone()[0] == cluster.primary.port != old.port
 
 
 def test_a_long_query_on_a_live_server_is_left_alone(cluster: Cluster, make_alias) -> None:
