@@ -7,6 +7,6 @@ class PgFailoverConfig(AppConfig):
     verbose_name = "PostgreSQL failover"
 
     def ready(self) -> None:
-        from .checks import check_failover_databases
+        from django_pg_failover.checks import check_failover_databases
 
         checks.register(check_failover_databases)

@@ -24,14 +24,13 @@ what Django runs.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from typing import Any
 
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.utils import DatabaseErrorWrapper, OperationalError
 from django.utils.functional import cached_property
 
-from .drivers import get_driver
+from django_pg_failover.drivers import get_driver
 
 # Before Django's backend loads: a missing or too old driver gets our one clear
 # error, not Django's.
@@ -39,18 +38,23 @@ driver = get_driver()
 
 from django.db.backends.postgresql import base as postgresql
 
-from . import inherited, loss
-from .client import DatabaseClient
-from .conf import FailoverSettings
-from .connect import Connector, Landing
-from .creation import DatabaseCreation
-from .exceptions import SettingsError
-from .hosts import Host
-from .liveness import idle_connection_failure
-from .options import DEFAULT_CONNECT_TIMEOUT, OPTIONS_CHECK
-from .policy import FailoverPolicy
-from .reads import ReadRetryCursorDebugWrapper, ReadRetryCursorWrapper, ReadRetryState
-from .stall import stall_watch
+from django_pg_failover.client import DatabaseClient
+from django_pg_failover.connecting.attempt import Landing
+from django_pg_failover.connecting.connector import Connector
+from django_pg_failover.creation import DatabaseCreation
+from django_pg_failover.losing import inherited
+from django_pg_failover.losing.liveness import idle_connection_failure
+from django_pg_failover.losing.loss import ConnectionLoss
+from django_pg_failover.losing.stall import stall_watch
+from django_pg_failover.reads.retry import (
+    ReadRetryCursorDebugWrapper,
+    ReadRetryCursorWrapper,
+    ReadRetryState,
+)
+from django_pg_failover.settings.conf import FailoverSettings
+from django_pg_failover.settings.hosts import Host
+from django_pg_failover.settings.options import DEFAULT_CONNECT_TIMEOUT, check_options_type
+from django_pg_failover.settings.policy import FailoverPolicy
 
 
 class FailoverErrorWrapper(DatabaseErrorWrapper):
@@ -78,7 +82,7 @@ class FailoverErrorWrapper(DatabaseErrorWrapper):
         if exc_type is None:
             return
         given_up = stall_watch.given_up(wrapper)  # before closing starts another call
-        loss.on_driver_error(wrapper, exc_value)
+        wrapper.loss.on_driver_error(exc_value)
         if given_up is not None:
             raise OperationalError(f"database alias {wrapper.alias!r}: {given_up}") from exc_value
         return super().__exit__(exc_type, exc_value, traceback)
@@ -116,6 +120,8 @@ class HostListDatabase:
 class DatabaseWrapper(postgresql.DatabaseWrapper):
     client_class = DatabaseClient
     creation_class = DatabaseCreation
+    #: Losing the connection: its flags and rules (:mod:`.losing.loss`).
+    loss_class = ConnectionLoss
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -143,17 +149,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self._settings: FailoverSettings | None = None
         self._connector: Connector | None = None
         self.reads = ReadRetryState()
-        #: The error that lost the last connection (a read may be re-run after it).
-        self.lost_error: BaseException | None = None
-        #: The connection was lost with autocommit off (outside atomic blocks):
-        #: its transaction is gone, and no new connection opens in its place until
-        #: the code says how to go on (``set_autocommit()``), or the request ends.
-        self.transaction_lost = False
-        #: The connection was lost inside the atomic block still open: until it
-        #: exits, nothing connects, and a commit of the block raises.
-        self.atomic_block_lost = False
-        #: A COMMIT is in flight: a loss now leaves its outcome unknown.
-        self.committing = False
+        self.loss = self.loss_class(self)
         inherited.note(self)
 
     @cached_property
@@ -233,25 +229,19 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             if type(options) is dict and not options.get("pool"):
                 return None  # what Django's property says then, the short way
             # Read here before anything connects: name the alias, not an AttributeError.
-            if not isinstance(options, Mapping):
-                raise SettingsError(
-                    self.alias,
-                    ("OPTIONS",),
-                    f"a {type(options).__name__} is not a dict",
-                    OPTIONS_CHECK,
-                )
+            check_options_type(options, self.alias)
             if self.alias == NO_DB_ALIAS or not options.get("pool"):
                 return super().pool
             if self.alias not in self._connection_pools:
                 self.failover_settings  # noqa: B018 - validates OPTIONS["pool"] first
-                from .pool import build_pool
+                from django_pg_failover.pool import build_pool
 
                 self._connection_pools.setdefault(self.alias, build_pool(self))
             return self._connection_pools[self.alias]
 
     def connect(self) -> None:
-        if self.in_atomic_block or self.transaction_lost or self.atomic_block_lost:
-            loss.check_can_connect(self)
+        if self.in_atomic_block or self.loss.pending:
+            self.loss.check_can_connect()
         super().connect()
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:  # async_unsafe: super()
@@ -273,7 +263,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.call_depth = 0
         self.call_given_up = None
         stall_watch.watch(self)
-        self.lost_error = None
+        self.loss.error = None
         self.reads.connected(policy.retry_reads)
         return connection
 
@@ -289,20 +279,16 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         except driver.module.Error as exc:
             # An aborted transaction fails this check too: only a dead session is a loss.
             if driver.connection_lost(exc, self.connection):
-                loss.report_lost(self, exc)
+                self.loss.report(exc)
             return False
         return True
 
     def close(self) -> None:
-        if self.in_atomic_block:
-            loss.settle_lost_manual_transaction(self)
-        self.transaction_lost = False
+        self.loss.request_boundary()
         super().close()
 
     def close_if_unusable_or_obsolete(self) -> None:
-        # A request boundary: a transaction lost in the last request is its business.
-        loss.settle_lost_manual_transaction(self)
-        self.transaction_lost = False
+        self.loss.request_boundary()
         super().close_if_unusable_or_obsolete()
         self._drop_if_closed_by_server()
 
@@ -312,12 +298,12 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return
         failure = idle_connection_failure(driver, self.connection)
         if failure is not None:
-            loss.report_lost(self, failure)
+            self.loss.report(failure)
             driver.close_quietly(self.connection)
             self.close()
 
     def set_autocommit(self, autocommit: bool, *args: Any, **kwargs: Any) -> None:
-        self.transaction_lost = False  # the code has chosen how to go on
+        self.loss.transaction_lost = False  # the code has chosen how to go on
         if (
             autocommit
             and self.connection is None
@@ -334,29 +320,29 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         super().set_autocommit(autocommit, *args, **kwargs)
 
     def commit(self) -> None:
-        loss.check_commit(self)
+        self.loss.check_commit()
         super().commit()
 
     def _commit(self) -> None:
-        self.committing = True
+        self.loss.committing = True
         try:
             super()._commit()
         finally:
-            self.committing = False
+            self.loss.committing = False
 
     def rollback(self) -> None:
-        self.atomic_block_lost = False  # what the server did already
+        self.loss.atomic_block_lost = False  # what the server did already
         super().rollback()
 
     def savepoint_rollback(self, sid: str) -> None:
         # The savepoint went with the connection. Raising here would make Django
         # mark the enclosing block for a silent rollback instead of a commit that
         # raises.
-        if not self.atomic_block_lost:
+        if not self.loss.atomic_block_lost:
             super().savepoint_rollback(sid)
 
     def savepoint_commit(self, sid: str) -> None:
-        if not self.atomic_block_lost:
+        if not self.loss.atomic_block_lost:
             super().savepoint_commit(sid)
 
     # -- retrying reads -------------------------------------------------------------

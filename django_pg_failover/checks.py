@@ -9,12 +9,12 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
-from .conf import FailoverSettings
+from django_pg_failover import ENGINE
+from django_pg_failover.settings.conf import FailoverSettings
 
 if TYPE_CHECKING:
-    from .drivers import Driver
+    from django_pg_failover.drivers import Driver
 
-ENGINE = "django_pg_failover"
 DRIVER_CHECK = "django_pg_failover.E005"
 
 
@@ -24,7 +24,7 @@ def check_failover_databases(app_configs: Any = None, **kwargs: Any) -> list[che
 
 def _driver() -> tuple[Driver | None, str | None]:
     """The driver Django uses, or why there is none we can use (missing, too old)."""
-    from .drivers import get_driver
+    from django_pg_failover.drivers import get_driver
 
     try:
         return get_driver(), None

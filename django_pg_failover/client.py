@@ -7,9 +7,9 @@ from typing import Any
 from django.core.management import CommandError
 from django.db.backends.postgresql.client import DatabaseClient as PostgresDatabaseClient
 
-from .exceptions import SettingsError
-from .hosts import libpq_host_params, parse_hosts
-from .options import DEFAULT_CONNECT_TIMEOUT, target_session_attrs
+from django_pg_failover.exceptions import SettingsError
+from django_pg_failover.settings.hosts import libpq_host_params, parse_hosts
+from django_pg_failover.settings.options import DEFAULT_CONNECT_TIMEOUT, target_session_attrs
 
 
 class DatabaseClient(PostgresDatabaseClient):

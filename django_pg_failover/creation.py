@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.db.backends.postgresql.creation import DatabaseCreation as PostgresDatabaseCreation
 
-from .hosts import parse_hosts
-from .options import target_session_attrs
+from django_pg_failover.settings.hosts import parse_hosts
+from django_pg_failover.settings.options import target_session_attrs
 
 
 class DatabaseCreation(PostgresDatabaseCreation):

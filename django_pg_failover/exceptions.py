@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .redact import redacted, scrub
+from django_pg_failover.settings.redact import redacted, scrub
 
 
 class SettingsError(ImproperlyConfigured):

@@ -51,15 +51,15 @@ from typing import TYPE_CHECKING, Any
 from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from . import signals
-from .connect import server_role
-from .inherited import let_go
-from .liveness import idle_connection_failure
-from .status import host_status
-from .targets import suits
+from django_pg_failover.connecting.memory import HostState
+from django_pg_failover.connecting.roles import reported_role, suits
+from django_pg_failover.losing.inherited import let_go
+from django_pg_failover.losing.liveness import idle_connection_failure
+from django_pg_failover.losing.loss import announce
+from django_pg_failover.settings.hosts import Host
 
 if TYPE_CHECKING:
-    from .connect import Connector
+    from django_pg_failover.connecting.connector import Connector
 
 logger = logging.getLogger("django_pg_failover")
 
@@ -72,10 +72,6 @@ _MIN_WAIT = 0.001
 
 class _EveryHostRefused(Exception):
     """Ends a wait in the pool's queue: every host refused for good (see getconn())."""
-
-
-# ConnectionPool arguments Django (or this backend) sets itself.
-RESERVED_POOL_OPTIONS = frozenset({"kwargs", "conninfo", "open", "configure", "connection_class"})
 
 
 class _Opener:
@@ -182,7 +178,7 @@ class FailoverPool(ConnectionPool):
         try:
             self.check_connection(connection)  # one round trip
             # The round trip brought the server's settings up to date.
-            role = server_role(driver, connection)
+            role = reported_role(driver, connection)
             if role is not None and not suits(role, self.connector.target_session_attrs):
                 raise driver.operational_error(f"the server is now a {role.value}")
             if self._user_check is not None:
@@ -195,34 +191,22 @@ class FailoverPool(ConnectionPool):
         """A checked-out connection failed its check: drop it and its idle siblings."""
         connector = self.connector
         driver = connector.driver
-        host, port = driver.landed_on(connection)
-        server = next((h for h in connector.hosts if (h.host, h.port) == (host, port)), None)
-        role = None if driver.is_closed(connection) else server_role(driver, connection)
+        landing = getattr(connection, "_pg_failover_landing", None)
+        server = landing.host if landing is not None else Host(*driver.landed_on(connection))
+        role = None if driver.is_closed(connection) else reported_role(driver, connection)
         driver.close_quietly(connection)
         if give_back:
             self.putconn(connection)  # closed: discarded and replaced
-        self.drain()
-        if server is not None:
-            if role is None:
-                host_status.record_down(server, connector.policy.host_recheck)
-            else:
-                host_status.record_role(server, role, connector.policy.host_recheck)
-        logger.warning(
-            "database alias %r: idle pooled connection to %s:%s failed its check (%s: %s); "
-            "idle connections replaced",
-            connector.alias,
-            host,
-            port,
-            type(failure).__name__,
-            next(iter(str(failure).strip().splitlines()), ""),
-        )
-        signals.connection_lost.send(
+        announce(
             sender=connector.sender,
             alias=connector.alias,
-            host=host,
-            port=port,
+            server=server,
             error=failure,
-            in_atomic_block=False,
+            what="failed its check at checkout",
+            consequence="idle connections replaced",
+            recheck=connector.policy.host_recheck,
+            demoted_to=None if role is None else HostState.of(role),
+            pool=self,
         )
 
 

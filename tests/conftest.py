@@ -16,8 +16,8 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
+from django_pg_failover.connecting.memory import host_status
 from django_pg_failover.lab import Cluster, PatroniCluster
-from django_pg_failover.status import host_status
 from tests.aliases import add_alias, remove_alias
 
 FAST = {"connect_timeout": 2, "failover": {"retry_timeout": 15.0, "backoff_max": 0.25}}

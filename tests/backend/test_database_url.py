@@ -8,10 +8,10 @@ import pytest
 from django.db import connections
 
 import django_pg_failover
-from django_pg_failover.hosts import Host
+from django_pg_failover.connecting.memory import HostState, host_status
 from django_pg_failover.lab import Cluster
 from django_pg_failover.lab.cluster import free_port, ipv6_loopback_available
-from django_pg_failover.status import HostState, host_status
+from django_pg_failover.settings.hosts import Host
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,10 +19,10 @@ from django.db import (
 )
 
 from django_pg_failover import signals
-from django_pg_failover.hosts import Host
+from django_pg_failover.connecting.memory import HostState, host_status
 from django_pg_failover.lab import Cluster, Node
 from django_pg_failover.lab.system import wait_for
-from django_pg_failover.status import HostState, host_status
+from django_pg_failover.settings.hosts import Host
 from shop.models import Order
 from tests.markers import needs_pool
 

@@ -19,11 +19,11 @@ import pytest
 from django.db import Error, OperationalError, connections, transaction
 
 from django_pg_failover import background, signals
-from django_pg_failover.hosts import Host
+from django_pg_failover.connecting.memory import HostState, host_status
 from django_pg_failover.lab import Cluster, Relay
 from django_pg_failover.lab.cluster import free_port
 from django_pg_failover.lab.system import wait_for
-from django_pg_failover.status import HostState, host_status
+from django_pg_failover.settings.hosts import Host
 
 from .units import WriteLoop, create, in_request, keys_on, port_of, run_loops
 

@@ -25,7 +25,7 @@ from django_pg_failover import signals
 from django_pg_failover.drivers import get_driver
 from django_pg_failover.lab import Cluster, Relay
 from django_pg_failover.lab.system import wait_for
-from django_pg_failover.liveness import idle_connection_failure
+from django_pg_failover.losing.liveness import idle_connection_failure
 from tests.markers import needs_pool
 
 from .units import create, in_request

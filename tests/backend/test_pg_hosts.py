@@ -20,7 +20,7 @@ from django.db import connections
 from django_pg_failover.drivers import get_driver
 from django_pg_failover.lab import Cluster, Node
 from django_pg_failover.lab.system import wait_for
-from django_pg_failover.probe import format_server_version, parse_lsn
+from django_pg_failover.management.hostreport import format_server_version, parse_lsn
 
 pytestmark = pytest.mark.timeout(120)
 

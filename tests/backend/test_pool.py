@@ -15,11 +15,11 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import Error, OperationalError, connections, transaction
 
 from django_pg_failover import signals
+from django_pg_failover.connecting.memory import HostState, host_status
 from django_pg_failover.drivers import get_driver
-from django_pg_failover.hosts import Host
 from django_pg_failover.lab import Cluster
 from django_pg_failover.lab.cluster import free_port
-from django_pg_failover.status import HostState, host_status
+from django_pg_failover.settings.hosts import Host
 from tests.markers import needs_pool
 
 from .units import WriteLoop, create, in_request, keys_on, run_loops

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import pytest
 from django.db import Error, OperationalError, connections, transaction
 
-from django_pg_failover import reads
 from django_pg_failover.lab import APP_USER, Cluster
 from django_pg_failover.lab.common import LOOPBACK, SUPERUSER
 from django_pg_failover.lab.system import wait_for
+from django_pg_failover.reads import retry as reads
 from shop.models import Order
 
 pytestmark = pytest.mark.timeout(120)

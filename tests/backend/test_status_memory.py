@@ -10,9 +10,9 @@ import pytest
 from django.db import OperationalError, connections
 from django.test.utils import override_settings
 
-from django_pg_failover.hosts import Host
+from django_pg_failover.connecting.memory import HostState, host_status
 from django_pg_failover.lab import Cluster
-from django_pg_failover.status import HostState, host_status
+from django_pg_failover.settings.hosts import Host
 from shop.models import Order
 from testproject.routers import PrimaryReplicaRouter
 

@@ -23,17 +23,17 @@ from django.db import connections
 
 from django_pg_failover import signals
 from django_pg_failover.base import DatabaseWrapper
-from django_pg_failover.connect import Connector, Landing
+from django_pg_failover.connecting.connector import Connector, Landing
+from django_pg_failover.connecting.memory import HostState, host_status
+from django_pg_failover.connecting.search import Watcher, _HostWatch
+from django_pg_failover.connecting.verdicts import Verdict
 from django_pg_failover.drivers import get_driver
-from django_pg_failover.hosts import Host
 from django_pg_failover.lab import Cluster
 from django_pg_failover.lab.common import APP_DATABASE
 from django_pg_failover.lab.system import wait_for
-from django_pg_failover.management.commands.pg_hosts import probe_hosts
-from django_pg_failover.policy import FailoverPolicy
-from django_pg_failover.status import HostState, host_status
-from django_pg_failover.verdicts import Verdict
-from django_pg_failover.watcher import Watcher, _HostWatch
+from django_pg_failover.management.commands.pg_hosts import report_hosts
+from django_pg_failover.settings.hosts import Host
+from django_pg_failover.settings.policy import FailoverPolicy
 from tests.markers import needs_pool
 
 pytestmark = pytest.mark.timeout(120)
@@ -230,7 +230,7 @@ def test_a_pool_with_the_name_first_serves_from_the_next_host(cluster: Cluster, 
 def test_pg_hosts_reports_the_name_as_that_hosts_failure(cluster: Cluster, make_alias) -> None:
     params = app_params(make_alias)
     primary = node_host(cluster.primary)
-    bad, good = probe_hosts([BAD, primary], params, 2, get_driver())
+    bad, good = report_hosts([BAD, primary], params, 2, get_driver())
     assert not bad.reachable
     assert bad.error.startswith(reason_for_the_bad_name())
     assert good.reachable

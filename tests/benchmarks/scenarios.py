@@ -152,7 +152,7 @@ def liveness_check_cost(alias: str, count: int = 20000) -> float:
     """Seconds one look at an idle connection's socket costs (what each request pays)."""
     from django.db import connections
 
-    from django_pg_failover.liveness import idle_connection_failure
+    from django_pg_failover.losing.liveness import idle_connection_failure
 
     wrapper = connections[alias]
     wrapper.ensure_connection()
@@ -168,7 +168,7 @@ def liveness_check_cost(alias: str, count: int = 20000) -> float:
 def hung_first_host(cluster: Cluster, count: int, pool: bool) -> dict[str, float]:
     from django.db import connections
 
-    from django_pg_failover.status import host_status
+    from django_pg_failover.connecting.memory import host_status
 
     hung, primary, other = cluster.standbys[0], cluster.primary, cluster.standbys[1]
     order = [hung, primary, other]
@@ -205,7 +205,7 @@ def frozen_host_steady(cluster: Cluster, seconds: float, pool: bool) -> dict[str
     from django.core.signals import request_finished, request_started
     from django.db import connections
 
-    from django_pg_failover.status import host_status
+    from django_pg_failover.connecting.memory import host_status
     from shop.models import Order
 
     hung, primary, other = cluster.standbys[0], cluster.primary, cluster.standbys[1]
@@ -357,7 +357,7 @@ def stampede(cluster: Cluster, threads: int, outage: float) -> dict:
     """``threads`` requests wait through an outage of ``outage`` seconds: the servers' cost."""
     from django.db import connections
 
-    from django_pg_failover.status import host_status
+    from django_pg_failover.connecting.memory import host_status
 
     cluster.reset()
     django_setup.set_alias("ours", django_setup.ours(cluster, retry_timeout=30))

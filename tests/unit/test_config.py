@@ -22,12 +22,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import django_pg_failover
-from django_pg_failover import config, dburl, parse
-from django_pg_failover.conf import FailoverSettings
+from django_pg_failover import config, parse
 from django_pg_failover.drivers import get_driver
 from django_pg_failover.exceptions import DatabaseURLError
-from django_pg_failover.hosts import DEFAULT_PORT, Host, libpq_host_params, parse_hosts
-from django_pg_failover.policy import FailoverPolicy
+from django_pg_failover.settings import dburl
+from django_pg_failover.settings.conf import FailoverSettings
+from django_pg_failover.settings.hosts import DEFAULT_PORT, Host, libpq_host_params, parse_hosts
+from django_pg_failover.settings.policy import FailoverPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 # In no other part of any URL below.
@@ -198,7 +199,7 @@ def test_round_trip_through_the_backends_connection_params() -> None:
     from django.db import connections
 
     from django_pg_failover.base import DatabaseWrapper
-    from django_pg_failover.status import host_status
+    from django_pg_failover.connecting.memory import host_status
 
     host_status.clear()
     url = (

@@ -7,7 +7,7 @@ from django.core.exceptions import ImproperlyConfigured
 from hypothesis import given
 from hypothesis import strategies as st
 
-from django_pg_failover.hosts import (
+from django_pg_failover.settings.hosts import (
     Host,
     host_setting,
     hosts_from_libpq_params,

@@ -9,7 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 from hypothesis import given
 from hypothesis import strategies as st
 
-from django_pg_failover.policy import FailoverPolicy
+from django_pg_failover.settings.policy import FailoverPolicy
 
 
 def test_defaults() -> None:

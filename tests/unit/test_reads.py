@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from django_pg_failover import statements
 from django_pg_failover.drivers import get_driver
-from django_pg_failover.reads import has_raw_sql_param
-from django_pg_failover.statements import Kind, classify
+from django_pg_failover.reads import statements
+from django_pg_failover.reads.retry import has_raw_sql_param
+from django_pg_failover.reads.statements import Kind, classify
 
 READS = [
     'SELECT "shop_order"."id", "shop_order"."key" FROM "shop_order" WHERE "shop_order"."key" = %s',

@@ -22,10 +22,10 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_pg_failover import config
 from django_pg_failover.checks import database_problems
-from django_pg_failover.conf import FailoverSettings
 from django_pg_failover.drivers import get_driver
 from django_pg_failover.exceptions import DatabaseURLError
-from django_pg_failover.redact import is_secret_key, redacted, scrub
+from django_pg_failover.settings.conf import FailoverSettings
+from django_pg_failover.settings.redact import is_secret_key, redacted, scrub
 from tests.markers import needs_pool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -215,7 +215,11 @@ def test_a_secret_options_key_is_known_too() -> None:
 def test_every_value_in_these_modules_is_written_redacted() -> None:
     """A new error path that writes a value with repr() would escape the table above."""
     package = ROOT / "django_pg_failover"
-    modules = ["hosts", "options", "policy", "conf", "dburl", "exceptions", "checks"]
+    modules = [
+        *(f"settings/{name}" for name in ("hosts", "options", "policy", "conf", "dburl")),
+        "exceptions",
+        "checks",
+    ]
     found = [
         f"{name}.py:{number}: {line.strip()}"
         for name in modules

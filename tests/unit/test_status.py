@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from django_pg_failover.hosts import Host
-from django_pg_failover.status import HostState, HostStatus
-from django_pg_failover.targets import Role
+from django_pg_failover.connecting.memory import HostState, HostStatus
+from django_pg_failover.connecting.roles import Role
+from django_pg_failover.settings.hosts import Host
 
 A, B, C = Host("a", 1), Host("b", 2), Host("c", 3)
 
@@ -114,7 +114,7 @@ def test_concurrent_updates_and_reads(status) -> None:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_child_forked_while_the_lock_is_held_can_use_the_memory() -> None:
     """gunicorn --preload forks while other threads may hold the lock."""
-    from django_pg_failover.status import host_status
+    from django_pg_failover.connecting.memory import host_status
 
     host_status._lock.acquire()  # as a thread of the parent would, at fork time
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from django_pg_failover.verdicts import Verdict, connect_verdict, server_message
+from django_pg_failover.connecting.verdicts import Verdict, connect_verdict, server_message
 
 UNREACHABLE = [
     "Connection refused",

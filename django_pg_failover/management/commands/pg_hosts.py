@@ -48,24 +48,24 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
 
+from django_pg_failover import ENGINE
 from django_pg_failover.base import DatabaseWrapper
+from django_pg_failover.connecting.attempt import one_host_params
+from django_pg_failover.connecting.verdicts import server_message, unexpected_failure
 from django_pg_failover.drivers import Driver
-from django_pg_failover.hosts import Host
-from django_pg_failover.probe import (
+from django_pg_failover.management.hostreport import (
     PRIMARY,
     STANDBY,
-    HostProbe,
+    HostReport,
     first_primary,
     format_server_version,
-    probe_params,
     replay_lag_bytes,
     would_connect,
 )
-from django_pg_failover.verdicts import server_message, unexpected_failure
+from django_pg_failover.settings.hosts import Host
 
-ENGINE = "django_pg_failover"
 DEFAULT_TIMEOUT = 2
-# How long a probe may take past the connect timeout for its two queries.
+# How long a look at one host may take past the connect timeout for its two queries.
 QUERY_GRACE = 1.0
 
 # One round trip for everything but the RTT. pg_current_wal_lsn() fails on a
@@ -105,13 +105,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--database",
             default=DEFAULT_DB_ALIAS,
-            help='The database alias to probe. Defaults to the "default" database.',
+            help='The database alias to report. Defaults to the "default" database.',
         )
         parser.add_argument(
             "--timeout",
             type=int,
             default=DEFAULT_TIMEOUT,
-            help=f"libpq's connect_timeout for each probe, in whole seconds "
+            help=f"libpq's connect_timeout for each host, in whole seconds "
             f"(at least 1; default {DEFAULT_TIMEOUT}).",
         )
         parser.add_argument(
@@ -136,9 +136,9 @@ class Command(BaseCommand):
         target_session_attrs = conn_params["target_session_attrs"]
         # The order the backend would try them now (host status memory applied).
         hosts = connection.connector.ordered_hosts()
-        probes = probe_hosts(hosts, conn_params, timeout, connection.driver)
-        chosen = would_connect(probes, target_session_attrs)
-        report = build_report(alias, target_session_attrs, probes, chosen)
+        reports = report_hosts(hosts, conn_params, timeout, connection.driver)
+        chosen = would_connect(reports, target_session_attrs)
+        report = build_report(alias, target_session_attrs, reports, chosen)
         if options["json"]:
             self.stdout.write(json.dumps(report, indent=2))
         else:
@@ -164,21 +164,21 @@ def failover_connection(alias: str) -> DatabaseWrapper:
 # -- probing ---------------------------------------------------------------------
 
 
-def probe_hosts(
+def report_hosts(
     hosts: Sequence[Host], conn_params: Mapping[str, Any], timeout: int, driver: Driver
-) -> list[HostProbe]:
+) -> list[HostReport]:
     """Probe every host in its own thread; give up on those still busy after the timeout.
 
     The threads are daemons: one stuck on a host that stopped answering after
     it connected must not keep the process alive; it closes its connection
     whenever the host lets it finish.
     """
-    results: dict[Host, HostProbe] = {}
+    results: dict[Host, HostReport] = {}
     crashes: list[BaseException] = []
 
     def run(host: Host) -> None:
         try:
-            results[host] = probe_host(host, probe_params(conn_params, host, timeout), driver)
+            results[host] = report_host(host, one_host_params(conn_params, host, timeout), driver)
         except Exception as exc:  # a bug: raised again below, not lost in the thread
             crashes.append(exc)
 
@@ -195,21 +195,21 @@ def probe_hosts(
     if crashes:
         raise crashes[0]
     return [
-        results.get(host) or HostProbe(host, reachable=False, error=f"no answer within {wait:g}s")
+        results.get(host) or HostReport(host, reachable=False, error=f"no answer within {wait:g}s")
         for host in hosts
     ]
 
 
-def probe_host(host: Host, params: Mapping[str, Any], driver: Driver) -> HostProbe:
+def report_host(host: Host, params: Mapping[str, Any], driver: Driver) -> HostReport:
     """Connect straight to one host, time a ``SELECT 1``, and read its replication state."""
     try:
         connection = driver.connect(params)
     except driver.module.Error as exc:
-        return HostProbe(
+        return HostReport(
             host, reachable=False, error=server_message(driver.connect_failure_reason(exc))
         )
     except Exception as exc:  # not the driver's: this host's failure, not the command's
-        return HostProbe(host, reachable=False, error=unexpected_failure(exc))
+        return HostReport(host, reachable=False, error=unexpected_failure(exc))
     try:
         connection.autocommit = True
         with connection.cursor() as cursor:
@@ -220,13 +220,13 @@ def probe_host(host: Host, params: Mapping[str, Any], driver: Driver) -> HostPro
             cursor.execute(STATE_SQL)
             in_recovery, read_only, wal_lsn, replay_age = cursor.fetchone()
         server_version = connection.info.server_version  # 0 once closed
-    except driver.module.Error as exc:  # e.g. the server shut down under the probe
-        return HostProbe(
+    except driver.module.Error as exc:  # e.g. the server shut down under the look
+        return HostReport(
             host, reachable=False, error=server_message(driver.connect_failure_reason(exc))
         )
     finally:
         connection.close()
-    return HostProbe(
+    return HostReport(
         host,
         reachable=True,
         role=STANDBY if in_recovery else PRIMARY,
@@ -245,30 +245,30 @@ def probe_host(host: Host, params: Mapping[str, Any], driver: Driver) -> HostPro
 def build_report(
     alias: str,
     target_session_attrs: str,
-    probes: Sequence[HostProbe],
-    chosen: HostProbe | None,
+    reports: Sequence[HostReport],
+    chosen: HostReport | None,
 ) -> dict[str, Any]:
     """The ``--json`` object; the table is drawn from it too."""
-    primary = first_primary(probes)
+    primary = first_primary(reports)
     return {
         "alias": alias,
         "target_session_attrs": target_session_attrs,
         "would_connect": str(chosen.host) if chosen is not None else None,
         "hosts": [
             {
-                "host": probe.host.host,
-                "port": probe.host.port,
-                "reachable": probe.reachable,
-                "role": probe.role,
-                "read_only": probe.read_only,
-                "error": probe.error,
-                "server_version": probe.server_version,
-                "replay_lag_bytes": replay_lag_bytes(probe, primary),
-                "replay_lag_seconds": _rounded(probe.replay_lag_seconds),
-                "rtt_ms": _rounded(probe.rtt_ms),
-                "would_connect": probe is chosen,
+                "host": report.host.host,
+                "port": report.host.port,
+                "reachable": report.reachable,
+                "role": report.role,
+                "read_only": report.read_only,
+                "error": report.error,
+                "server_version": report.server_version,
+                "replay_lag_bytes": replay_lag_bytes(report, primary),
+                "replay_lag_seconds": _rounded(report.replay_lag_seconds),
+                "rtt_ms": _rounded(report.rtt_ms),
+                "would_connect": report is chosen,
             }
-            for probe in probes
+            for report in reports
         ],
     }
 

@@ -26,23 +26,34 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .background import workers
-from .hosts import Host
-from .status import host_status
-from .targets import Role, accepts_fallback, role_from, suits
-
-if TYPE_CHECKING:
-    from .connect import Connector, HostFailure
+from django_pg_failover.background import workers
+from django_pg_failover.connecting.attempt import HostFailure, Landing, Outcome
+from django_pg_failover.connecting.memory import host_status
+from django_pg_failover.connecting.roles import Role, accepts_fallback, asked_role, suits
+from django_pg_failover.settings.hosts import Host
+from django_pg_failover.settings.policy import FailoverPolicy
 
 logger = logging.getLogger("django_pg_failover")
 
-_ROLE_SQL = "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')"
+
+@dataclass(frozen=True)
+class HostList:
+    """What the watcher needs of the alias it searches for: values and callables."""
+
+    alias: str
+    hosts: tuple[Host, ...]
+    target_session_attrs: str
+    policy: FailoverPolicy
+    #: One connect attempt at a host, with the alias's parameters (:mod:`.attempt`).
+    attempt: Callable[[Host], Outcome]
+    #: Close a connection, whatever it raises.
+    close: Callable[[Any], None]
 
 
 @dataclass
@@ -59,10 +70,9 @@ class _HostWatch:
 class Watcher:
     """Looks for a suitable server on behalf of every thread waiting for one."""
 
-    def __init__(self, key: tuple, connector: Connector, params: Mapping[str, Any]) -> None:
+    def __init__(self, key: tuple, hosts: HostList) -> None:
         self.key = key
-        self.connector = connector
-        self.params = dict(params)
+        self.hosts = hosts
         self._condition = threading.Condition()
         self._waiters = 0
         #: Completed, and replaced, each time a search ends with a server found (or
@@ -153,8 +163,8 @@ class Watcher:
     # -- the watcher thread -----------------------------------------------------------
 
     def _run(self) -> None:
-        hosts = [_HostWatch(host) for host in self.connector.hosts]
-        policy = self.connector.policy
+        hosts = [_HostWatch(host) for host in self.hosts.hosts]
+        policy = self.hosts.policy
         try:
             while True:
                 with self._condition:
@@ -167,7 +177,7 @@ class Watcher:
                         self._announce()
                     logger.info(
                         "database alias %r: %s answers as a %s: waking the waiting connections",
-                        self.connector.alias,
+                        self.hosts.alias,
                         found.host,
                         found.role.value if found.role else "server",
                     )
@@ -178,9 +188,9 @@ class Watcher:
         finally:
             for watch in hosts:
                 if watch.connection is not None:
-                    self.connector.driver.close_quietly(watch.connection)
+                    self.hosts.close(watch.connection)
                 if watch.in_flight is not None:
-                    self.connector.close_when_done(watch.in_flight)
+                    watch.in_flight.add_done_callback(self._close_when_done)
             with self._condition:
                 self._thread = None
                 if self._waiters:  # arrived while it was stopping: start again
@@ -192,8 +202,8 @@ class Watcher:
 
     def _round(self, hosts: list[_HostWatch]) -> _HostWatch | None:
         """Ask every server once; the first that suits, if any."""
-        connector = self.connector
-        target = connector.target_session_attrs
+        spec = self.hosts
+        target = spec.target_session_attrs
         now = time.monotonic()
         for watch in hosts:
             if watch.in_flight is not None and watch.in_flight.done():
@@ -204,41 +214,40 @@ class Watcher:
             if watch.connection is not None:
                 watch.in_flight = workers.submit(self._ask, watch)
             elif now >= watch.next_attempt:
-                watch.in_flight = workers.submit(connector.attempt, watch.host, self.params)
+                watch.in_flight = workers.submit(spec.attempt, watch.host)
         # Answers that came at once count in this round (loopback: microseconds).
         for watch in hosts:
             future = watch.in_flight
             if future is not None:
                 # A timeout, or the attempt's own error: collected below.
                 with suppress(Exception):
-                    future.result(timeout=connector.policy.probe_interval)
+                    future.result(timeout=spec.policy.probe_interval)
                 if future.done():
                     self._collect(watch, future)
                     watch.in_flight = None
         for watch in hosts:
             if watch.role is not None and suits(watch.role, target):
-                host_status.record_role(watch.host, watch.role, connector.policy.host_recheck)
+                host_status.record_role(watch.host, watch.role, spec.policy.host_recheck)
                 return watch
         if accepts_fallback(target):  # prefer-standby: no standby, but a server answers
             return next((watch for watch in hosts if watch.role is not None), None)
         return None
 
     def _ask(self, watch: _HostWatch) -> Role | None:
-        """The role of a server the watcher holds a connection to (one round trip)."""
-        with watch.connection.cursor() as cursor:
-            cursor.execute(_ROLE_SQL)
-            in_recovery, read_only = cursor.fetchone()
-        return role_from(bool(in_recovery), read_only == "on")
+        """The role of a server the watcher holds a connection to (one round trip:
+        what a held connection's server reported may be stale)."""
+        return asked_role(watch.connection)
+
+    def _close_when_done(self, future: Future) -> None:
+        outcome = None if future.exception() else future.result()
+        if isinstance(outcome, Landing):
+            self.hosts.close(outcome.connection)
 
     def _collect(self, watch: _HostWatch, future: Future) -> None:
-        from .connect import Landing
-
-        connector = self.connector
-        driver = connector.driver
         try:
             result = future.result()
         except Exception:  # the held connection is gone (or the attempt failed unexpectedly)
-            driver.close_quietly(watch.connection)
+            self.hosts.close(watch.connection)
             watch.connection, watch.role = None, None
             self._back_off(watch)
             return
@@ -254,69 +263,41 @@ class Watcher:
 
     def _back_off(self, watch: _HostWatch) -> None:
         watch.failures += 1
-        watch.next_attempt = time.monotonic() + self.connector.policy.backoff(watch.failures)
+        watch.next_attempt = time.monotonic() + self.hosts.policy.backoff(watch.failures)
 
 
-_watchers: dict[tuple, Watcher] = {}
+#: The process's watchers, by host list, target and identity.
+watchers: dict[tuple, Watcher] = {}
 _lock = threading.Lock()
 
 
-def watcher_for(connector: Connector, params: Mapping[str, Any]) -> Watcher:
-    """The process's watcher for this host list, target and identity."""
-    key = watcher_key(connector, params)
+def watcher_for(key: tuple, hosts: HostList) -> Watcher:
+    """The process's watcher for a host list, target and identity (``key``)."""
     with _lock:
-        watcher = _watchers.get(key)
+        watcher = watchers.get(key)
         if watcher is None:
-            watcher = _watchers[key] = Watcher(key, connector, params)
-        # Remembered by the connector (one alias's settings in one thread: one
-        # key), for the question every connect asks (active_search()).
-        connector.watcher = watcher
+            watcher = watchers[key] = Watcher(key, hosts)
         return watcher
 
 
-def active_search(connector: Connector, params: Mapping[str, Any]) -> tuple[Watcher, Future] | None:
-    """The watcher of this host list and the end of its search, if one is under way (a
-    thread walking the list past its first host, or the watcher itself): a new connect
-    waits for it."""
-    watcher = connector.watcher
-    if watcher is None:
-        if not _watchers:  # no host list of the process has waited yet
-            return None
-        # Another connector (another thread's wrapper) of the same list may have.
-        watcher = _watchers.get(watcher_key(connector, params))
-        if watcher is None:
-            return None
-        connector.watcher = watcher
+def known_watcher(key: tuple) -> Watcher | None:
+    """The process's watcher of ``key`` if a connect of it ever waited."""
+    return watchers.get(key) if watchers else None
+
+
+def search_under_way(watcher: Watcher) -> Future | None:
+    """The end of the search of ``watcher``'s list if one is under way (a thread walking
+    the list past its first host, or the watcher itself): a new connect waits for it."""
     # A look without the lock first: every connect asks, and seldom is the answer yes.
     if not (watcher._leading or watcher._thread is not None):
         return None
-    change = watcher.search_under_way()
-    if change is not None:
-        return watcher, change
-    return None
-
-
-def forget_failures(connector: Connector, params: Mapping[str, Any]) -> None:
-    """A connection was made: the failures remembered for the error message are past."""
-    watcher = connector.watcher or _watchers.get(watcher_key(connector, params))
-    if watcher is not None:
-        watcher.failures.clear()
-
-
-def watcher_key(connector: Connector, params: Mapping[str, Any]) -> tuple:
-    return (
-        connector.hosts,
-        connector.target_session_attrs,
-        params.get("dbname"),
-        params.get("user"),
-        params.get("password"),
-    )
+    return watcher.search_under_way()
 
 
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
-    _watchers.clear()
+    watchers.clear()
 
 
 if hasattr(os, "register_at_fork"):

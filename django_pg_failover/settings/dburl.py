@@ -58,16 +58,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from .exceptions import DatabaseURLError, SettingsError
-from .hosts import Host, host_setting, parse_hosts
-from .options import validate_options
-from .policy import FailoverPolicy
-from .redact import is_secret_key, redacted, scrub, settings_secrets
+from django_pg_failover import ENGINE
+from django_pg_failover.exceptions import DatabaseURLError, SettingsError
+from django_pg_failover.settings.hosts import Host, host_setting, parse_hosts
+from django_pg_failover.settings.options import validate_options
+from django_pg_failover.settings.policy import FailoverPolicy
+from django_pg_failover.settings.redact import is_secret_key, redacted, scrub, settings_secrets
 
 if TYPE_CHECKING:
-    from .drivers import Driver
+    from django_pg_failover.drivers import Driver
 
-ENGINE = "django_pg_failover"
 DEFAULT_ENV = "DATABASE_URL"
 SCHEMES = ("postgresql://", "postgres://")
 
@@ -600,7 +600,7 @@ def _secrets(url: str) -> list[str]:
 
 
 def _driver() -> Driver:
-    from .drivers import get_driver
+    from django_pg_failover.drivers import get_driver
 
     return get_driver()
 

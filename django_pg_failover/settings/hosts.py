@@ -29,8 +29,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from .exceptions import SettingsError
-from .redact import redact, redacted
+from django_pg_failover.exceptions import SettingsError
+from django_pg_failover.settings.redact import redact, redacted
 
 DEFAULT_PORT = 5432
 HOST_CHECK = "django_pg_failover.E001"

@@ -36,11 +36,9 @@ import socket
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from . import loss
-
 if TYPE_CHECKING:
-    from .base import DatabaseWrapper
-    from .drivers.base import Driver
+    from django_pg_failover.base import DatabaseWrapper
+    from django_pg_failover.drivers.base import Driver
 
 #: Every wrapper of the backend in the process (a wrapper is made per thread and alias).
 _wrappers: weakref.WeakSet[DatabaseWrapper] = weakref.WeakSet()
@@ -72,7 +70,7 @@ def forget(wrapper: DatabaseWrapper) -> None:
     let_go(wrapper.driver, connection)
     wrapper.server = None
     wrapper.server_fd = None
-    loss.transaction_gone(wrapper, wrapper.in_atomic_block)
+    wrapper.loss.transaction_gone(wrapper.in_atomic_block)
 
 
 def after_fork_in_child() -> None:

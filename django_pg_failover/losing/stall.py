@@ -15,7 +15,7 @@ makes a query, a COMMIT or a health check wait forever: keepalives and
   quarter of ``stall_timeout``. A call it finds in flight under the same
   number for ``stall_timeout`` has waited at least that long (at most a
   quarter more). Then it checks the call's *session*, not just its address
-  (:func:`session_liveness`): a new connection to the call's host, bounded
+  (:func:`check_session`): a new connection to the call's host, bounded
   by ``connect_timeout``, which looks the session up by its process id and
   start (``pg_stat_activity``).
 
@@ -67,14 +67,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from .background import fork_gate, workers
-from .hosts import Host
-from .options import DEFAULT_CONNECT_TIMEOUT
-from .probe import probe_params
-from .verdicts import Verdict, client_side, connect_verdict, server_message, unexpected_failure
+from django_pg_failover.background import fork_gate, workers
+from django_pg_failover.connecting.attempt import one_host_params
+from django_pg_failover.connecting.verdicts import (
+    Verdict,
+    client_side,
+    connect_verdict,
+    server_message,
+    unexpected_failure,
+)
+from django_pg_failover.settings.hosts import Host
+from django_pg_failover.settings.options import DEFAULT_CONNECT_TIMEOUT
 
 if TYPE_CHECKING:
-    from .base import DatabaseWrapper
+    from django_pg_failover.base import DatabaseWrapper
 
 logger = logging.getLogger("django_pg_failover")
 
@@ -221,10 +227,10 @@ class StallWatch:
         if host is None or fd is None or stall_timeout is None:
             return
         try:
-            liveness, detail = session_liveness(wrapper, host)
+            finding, detail = check_session(wrapper, host)
         except Exception as exc:  # a bug must not leave the call unwatched
-            liveness, detail = Liveness.UNKNOWN, f"the check failed: {exc}"
-            logger.exception("database alias %r: liveness check failed: %s", wrapper.alias, exc)
+            finding, detail = Finding.UNKNOWN, f"the check failed: {exc}"
+            logger.exception("database alias %r: session check failed: %s", wrapper.alias, exc)
         key = id(wrapper)
         with self._lock:
             if not (wrapper.call_depth and wrapper.call_number == number):
@@ -233,18 +239,18 @@ class StallWatch:
             _, first_seen, unknown_since = self._stalled.get(
                 key, (number, now - stall_timeout, None)
             )
-            if liveness is Liveness.UNKNOWN:
+            if finding is Finding.UNKNOWN:
                 unknown_since = now if unknown_since is None else unknown_since
                 if now - unknown_since >= wrapper.failover_policy.retry_timeout:
-                    liveness = Liveness.SILENT
+                    finding = Finding.SILENT
                     detail = f"no check could reach it for {now - unknown_since:.1f}s ({detail})"
             else:
                 unknown_since = None
             self._stalled[key] = (number, first_seen, unknown_since)
-            if liveness is Liveness.SILENT and self._progress.get(host, -math.inf) > first_seen:
-                liveness = Liveness.ALIVE
+            if finding is Finding.SILENT and self._progress.get(host, -math.inf) > first_seen:
+                finding = Finding.ALIVE
                 detail = f"its other sessions answer ({detail}: its postmaster alone is stuck)"
-            if liveness in (Liveness.ALIVE, Liveness.UNKNOWN):
+            if finding in (Finding.ALIVE, Finding.UNKNOWN):
                 self._seen[key] = (number, now + stall_timeout)
                 logger.info(
                     "database alias %r: a call has waited over %gs on %s: %s; left alone",
@@ -262,7 +268,7 @@ class StallWatch:
         logger.warning("database alias %r: giving up a call: %s", wrapper.alias, reason)
 
 
-class Liveness(enum.Enum):
+class Finding(enum.Enum):
     """What a check found of a stalled call's session (see the module's docstring)."""
 
     ALIVE = "alive"
@@ -281,11 +287,11 @@ _SESSION_SQL = (
 _AGE_TOLERANCE = 1.0
 
 
-def session_liveness(wrapper: DatabaseWrapper, host: Host) -> tuple[Liveness, str]:
+def check_session(wrapper: DatabaseWrapper, host: Host) -> tuple[Finding, str]:
     """A new connection to ``host`` looks for the session of the wrapper's connection."""
     driver = wrapper.driver
     params = wrapper.get_connection_params()
-    params = probe_params(params, host, params.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
+    params = one_host_params(params, host, params.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
     try:
         with fork_gate.inside():
             connection = driver.connect(params)
@@ -296,30 +302,30 @@ def session_liveness(wrapper: DatabaseWrapper, host: Host) -> tuple[Liveness, st
         else:
             reason, verdict = unexpected_failure(exc), Verdict.UNREACHABLE
         if client_side(reason):
-            return Liveness.UNKNOWN, f"the check could not try ({reason})"
+            return Finding.UNKNOWN, f"the check could not try ({reason})"
         if verdict is Verdict.UNREACHABLE:
-            return Liveness.SILENT, f"a new connection to it failed: {reason}"
-        return Liveness.ALIVE, f"it answers ({server_message(reason)})"
+            return Finding.SILENT, f"a new connection to it failed: {reason}"
+        return Finding.ALIVE, f"it answers ({server_message(reason)})"
     try:
         session = wrapper.server_session
         if session is None:
-            return Liveness.ALIVE, "it answers"
+            return Finding.ALIVE, "it answers"
         pid, began, ended = session
         with connection.cursor() as cursor:
             cursor.execute(_SESSION_SQL, [pid])
             own_pid, age = cursor.fetchone()
         if own_pid != driver.backend_pid(connection):
-            return Liveness.ALIVE, "it answers (through a pooler: its sessions cannot be looked up)"
+            return Finding.ALIVE, "it answers (through a pooler: its sessions cannot be looked up)"
         now = time.monotonic()
         if age is not None and now - ended - _AGE_TOLERANCE <= age <= now - began + _AGE_TOLERANCE:
-            return Liveness.ALIVE, f"its session (process {pid}) is there"
-        return Liveness.GONE, (
+            return Finding.ALIVE, f"its session (process {pid}) is there"
+        return Finding.GONE, (
             f"a server answers there, but without the call's session (process {pid}): "
             "the address leads to another server now, or the server restarted"
         )
     except driver.module.Error as exc:
         return (
-            Liveness.SILENT,
+            Finding.SILENT,
             f"a new connection to it failed: {driver.connect_failure_reason(exc)}",
         )
     finally:

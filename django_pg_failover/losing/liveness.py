@@ -34,7 +34,7 @@ from __future__ import annotations
 import select
 from typing import Any
 
-from .drivers import Driver, Notice
+from django_pg_failover.drivers import Driver, Notice
 
 _READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 #: Severities of an error, which libpq hands over as a notice on an idle connection.

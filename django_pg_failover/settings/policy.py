@@ -8,8 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .exceptions import SettingsError
-from .redact import redact, redacted
+from django_pg_failover.exceptions import SettingsError
+from django_pg_failover.settings.redact import redact, redacted
 
 FAILOVER_CHECK = "django_pg_failover.E003"
 

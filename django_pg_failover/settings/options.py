@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import django
 
-from .exceptions import SettingsError
-from .redact import redacted
+from django_pg_failover.exceptions import SettingsError
+from django_pg_failover.settings.redact import redacted
 
 if TYPE_CHECKING:
-    from .drivers import Driver
+    from django_pg_failover.drivers import Driver
 
 OPTIONS_CHECK = "django_pg_failover.E004"
 POOL_CHECK = "django_pg_failover.E006"
@@ -56,6 +56,15 @@ def target_session_attrs(options: Mapping[str, Any]) -> str:
     return options.get("target_session_attrs") or DEFAULT_TARGET_SESSION_ATTRS
 
 
+def check_options_type(options: Any, alias: str | None) -> None:
+    """``OPTIONS`` must be a mapping. Only its type is named: a DSN string put
+    there would carry the password."""
+    if not isinstance(options, Mapping):
+        raise SettingsError(
+            alias, ("OPTIONS",), f"a {type(options).__name__} is not a dict", OPTIONS_CHECK
+        )
+
+
 def validate_options(
     options: Mapping[str, Any], driver: Driver | None, alias: str | None = None
 ) -> None:
@@ -65,9 +74,7 @@ def validate_options(
     installed libpq is too old for; without a driver those are not checked.
     """
     keys = ("OPTIONS",)
-    if not isinstance(options, Mapping):
-        # The type only: a DSN string put here would carry the password.
-        raise SettingsError(alias, keys, f"a {type(options).__name__} is not a dict", OPTIONS_CHECK)
+    check_options_type(options, alias)
     if driver is not None:
         for key in options:
             if key not in NOT_LIBPQ_KEYWORDS and not driver.is_libpq_keyword(str(key)):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import re
 
-from .redact import redact
+from django_pg_failover.settings.redact import redact
 
 
 class Verdict(enum.Enum):

@@ -58,8 +58,14 @@ from django.db.backends.postgresql.base import CursorDebugWrapper
 from django.db.backends.utils import CursorWrapper
 from django.db.utils import DatabaseError, OperationalError
 
-from .drivers import TRANSACTION_IDLE_CODE
-from .statements import SQL_CONSTRUCTS, Kind, Statement, cached_statement, classify
+from django_pg_failover.drivers import TRANSACTION_IDLE_CODE
+from django_pg_failover.reads.statements import (
+    SQL_CONSTRUCTS,
+    Kind,
+    Statement,
+    cached_statement,
+    classify,
+)
 
 logger = logging.getLogger("django_pg_failover")
 
@@ -123,7 +129,7 @@ def may_retry_read(db: Any, exc: OperationalError, raw_cursor: Any) -> bool:
     """After it failed: was the connection lost under it (and closed since)?"""
     return (
         exc.__cause__ is not None
-        and exc.__cause__ is db.lost_error
+        and exc.__cause__ is db.loss.error
         and db.connection is None
         and not db.in_atomic_block
         and db.autocommit

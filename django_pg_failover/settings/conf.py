@@ -16,14 +16,18 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import SettingsError
-from .hosts import Host, libpq_host_params, parse_hosts
-from .options import OPTIONS_CHECK, target_session_attrs, validate_options, validate_pool
-from .policy import FailoverPolicy
-from .redact import settings_secrets
+from django_pg_failover.exceptions import SettingsError
+from django_pg_failover.settings.hosts import Host, libpq_host_params, parse_hosts
+from django_pg_failover.settings.options import (
+    target_session_attrs,
+    validate_options,
+    validate_pool,
+)
+from django_pg_failover.settings.policy import FailoverPolicy
+from django_pg_failover.settings.redact import settings_secrets
 
 if TYPE_CHECKING:
-    from .drivers import Driver
+    from django_pg_failover.drivers import Driver
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,6 @@ class FailoverSettings:
     ) -> FailoverSettings:
         options = settings_dict.get("OPTIONS") or {}
         hosts = parse_hosts(settings_dict.get("HOST", ""), settings_dict.get("PORT", ""), alias)
-        if not isinstance(options, Mapping):
-            # The type only: a DSN string put here would carry the password.
-            raise SettingsError(
-                alias, ("OPTIONS",), f"a {type(options).__name__} is not a dict", OPTIONS_CHECK
-            )
         validate_options(options, driver, alias)
         policy = FailoverPolicy.from_options(options.get("failover"), alias)
         if options.get("pool"):

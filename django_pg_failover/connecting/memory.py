@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .hosts import Host
-from .targets import Role, suits
+from django_pg_failover.connecting.roles import Role, suits
+from django_pg_failover.settings.hosts import Host
 
 
 class HostState(enum.Enum):

@@ -1,0 +1,1 @@
+"""Losing connections: the loss of a session, calls on a frozen server, idle connections, fork()."""

@@ -1,0 +1,1 @@
+"""Re-running a read whose connection was lost (``retry_reads``)."""

@@ -1,0 +1,1 @@
+"""One ``DATABASES`` entry validated: hosts, options, policy, database URLs, redaction."""
