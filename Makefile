@@ -43,6 +43,7 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # Django's own test suite on Django's backend and on this one, against a lab: equal, test by
 # test, on both drivers. CONFORMANCE_ARGS="--apps backends --driver psycopg" runs a slice.

@@ -30,6 +30,7 @@ TEST = [
     "pytest-timeout>=2.3",
     "hypothesis>=6.100",
     "ruff==0.14.*",
+    "mypy>=1.10",
     "build>=1.2",
     "nox>=2024.4",
 ]
@@ -49,6 +50,7 @@ setup(
     project_urls={"Documentation": "https://django-pg-failover.readthedocs.io/"},
     packages=find_packages(include=["django_pg_failover", "django_pg_failover.*"]),
     include_package_data=True,
+    package_data={"django_pg_failover": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=["Django>=4.2"],
     extras_require={

@@ -8,13 +8,13 @@ The overrides are few and each delegates to a module of its own:
   until ``retry_timeout``; with ``OPTIONS["pool"]`` the pool's connections come
   from the same connector (:mod:`.pool`);
 - :meth:`DatabaseWrapper.connect` refuses to open a connection where a lost
-  transaction is still open (:mod:`.loss`);
+  transaction is still open (:mod:`.losing.loss`);
 - :class:`FailoverErrorWrapper` sees every driver error; one that lost the
   connection, or found the server read-only under a read-write session, closes
-  it so that the next use reconnects (:mod:`.loss`);
-- with ``retry_reads``, cursors re-run a lost plain SELECT once (:mod:`.reads`);
+  it so that the next use reconnects (:mod:`.losing.loss`);
+- with ``retry_reads``, cursors re-run a lost plain SELECT once (:mod:`.reads.retry`);
 - after ``fork()``, the child lets go of the connections it inherited, without
-  a word to their servers, and opens its own (:mod:`.inherited`).
+  a word to their servers, and opens its own (:mod:`.losing.inherited`).
 
 The driver (psycopg 3 or psycopg2, as Django chooses) is reached through
 :mod:`.drivers` only. Nothing here runs on the healthy path of a query beyond
@@ -58,7 +58,7 @@ from django_pg_failover.settings.policy import FailoverPolicy
 
 
 class FailoverErrorWrapper(DatabaseErrorWrapper):
-    """Around every call to the driver: note it for the stall watchdog (:mod:`.stall`),
+    """Around every call to the driver: note it for the stall watchdog (:mod:`.losing.stall`),
     and tell the wrapper what went wrong before Django translates the error.
 
     Django runs ``__enter__`` and ``__exit__`` around every call (its own do
@@ -140,7 +140,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         #: stall_timeout for the open connection (None: not watched), read per call.
         self.connected_stall_timeout: float | None = None
         #: Calls in flight on the connection (nested error wrappers), the number
-        #: of the outermost, and why the stall watchdog gave it up (:mod:`.stall`).
+        #: of the outermost, and why the stall watchdog gave it up (:mod:`.losing.stall`).
         self.call_depth = 0
         self.call_number = 0
         self.call_given_up: tuple[int, str] | None = None

@@ -11,7 +11,7 @@ libpq's own walk of the host list, and whose failures only reach the
   ``reconnect_timeout``) while no primary exists, and a new primary serves
   requests as soon as it answers;
 - a connection is checked before it is handed out: its socket always (no round
-  trip, :mod:`.liveness`), and with ``CONN_HEALTH_CHECKS`` a round trip that
+  trip, :mod:`.losing.liveness`), and with ``CONN_HEALTH_CHECKS`` a round trip that
   also shows a server fenced read-only; one that fails is replaced at once
   with every other idle connection (the server it reached is gone or
   demoted), instead of failing one request each;
@@ -23,7 +23,7 @@ libpq's own walk of the host list, and whose failures only reach the
   threads do not exist there and its idle connections are the parent's
   sessions. It is let go of without a word to their servers (never closed:
   psycopg_pool's close would end them, and wait for the threads) and the next
-  use builds the child's own (:func:`after_fork_in_child`, :mod:`.inherited`).
+  use builds the child's own (:func:`after_fork_in_child`, :mod:`.losing.inherited`).
 
 A request waits in psycopg_pool's own queue, first come first served, and
 keeps its place there: it enters the queue once for the whole wait (twice

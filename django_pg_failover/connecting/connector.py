@@ -149,7 +149,7 @@ class Connector:
             watcher.wait(call.until(), change=search_end)
         else:
             first = self._connect_known_host(call.params, started)
-            if first is not None and first.suits:
+            if isinstance(first, Landing) and first.suits:
                 return first  # the healthy path
         while True:
             result = self._pass(call, first)

@@ -31,6 +31,7 @@ def get_driver() -> Driver:
     when ``import psycopg`` works, psycopg2 otherwise. Applied here without
     importing ``django.db``, so that ``config()`` can run in a settings module.
     """
+    driver_class: type[Driver]
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -40,9 +41,13 @@ def get_driver() -> Driver:
             raise ImproperlyConfigured(
                 f"django_pg_failover needs a PostgreSQL driver: {INSTALL_HINT}"
             ) from exc
-        from .psycopg2 import Psycopg2Driver as driver_class
+        from .psycopg2 import Psycopg2Driver
+
+        driver_class = Psycopg2Driver
     else:
-        from .psycopg3 import Psycopg3Driver as driver_class
+        from .psycopg3 import Psycopg3Driver
+
+        driver_class = Psycopg3Driver
     driver = driver_class()
     driver.check_version()
     return driver

@@ -207,7 +207,9 @@ class Driver(abc.ABC):
     @staticmethod
     def ends_session(sqlstate: str | None) -> bool:
         """Whether a message with this SQLSTATE says the session is over."""
-        return bool(sqlstate) and (sqlstate.startswith(_LOST_CLASSES) or sqlstate in _LOST_STATES)
+        if not sqlstate:
+            return False
+        return sqlstate.startswith(_LOST_CLASSES) or sqlstate in _LOST_STATES
 
     def server_read_only(self, exc: BaseException) -> bool:
         """True for "cannot execute ... in a read-only transaction" (25006)."""

@@ -65,7 +65,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django_pg_failover.background import fork_gate, workers
 from django_pg_failover.connecting.attempt import one_host_params
@@ -80,13 +80,35 @@ from django_pg_failover.settings.hosts import Host
 from django_pg_failover.settings.options import DEFAULT_CONNECT_TIMEOUT
 
 if TYPE_CHECKING:
-    from django_pg_failover.base import DatabaseWrapper
+    from django_pg_failover.drivers import Driver
+    from django_pg_failover.settings.policy import FailoverPolicy
 
 logger = logging.getLogger("django_pg_failover")
 
 # Without a watched connection for this long, the watchdog thread ends (the next
 # connection starts a new one).
 _IDLE_EXIT = 60.0
+
+
+class Watched(Protocol):
+    """What the stall watch needs of a database wrapper (see ``base.py``)."""
+
+    alias: str
+    driver: Driver
+    connection: Any
+    server: Host | None
+    server_fd: int | None
+    #: The session's process id, and when the attempt that opened it began and ended.
+    server_session: tuple[int, float, float] | None
+    connected_stall_timeout: float | None
+    call_depth: int
+    call_number: int
+    call_given_up: tuple[int, str] | None
+
+    @property
+    def failover_policy(self) -> FailoverPolicy: ...
+
+    def get_connection_params(self) -> dict[str, Any]: ...
 
 
 class StallWatch:
@@ -98,7 +120,7 @@ class StallWatch:
     def _reset(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._wrappers: weakref.WeakSet[DatabaseWrapper] = weakref.WeakSet()
+        self._wrappers: weakref.WeakSet[Watched] = weakref.WeakSet()
         #: Per wrapper, the call seen in flight (its number) and when it is due:
         #: ``stall_timeout`` after it was first seen, later again once a check
         #: left it alone, never while a check of it runs.
@@ -119,7 +141,7 @@ class StallWatch:
 
     # -- the calling thread ---------------------------------------------------------
 
-    def watch(self, wrapper: DatabaseWrapper) -> None:
+    def watch(self, wrapper: Watched) -> None:
         """A watched connection opened (once per connection, not per call)."""
         stall_timeout = wrapper.connected_stall_timeout
         if stall_timeout is None:
@@ -135,7 +157,7 @@ class StallWatch:
                 self._wake.notify()  # asleep for longer than this connection allows
 
     @contextmanager
-    def guard(self, wrapper: DatabaseWrapper) -> Iterator[None]:
+    def guard(self, wrapper: Watched) -> Iterator[None]:
         """For a call Django's error wrapper does not surround (the health check)."""
         watched = wrapper.connected_stall_timeout is not None
         if watched:
@@ -150,7 +172,7 @@ class StallWatch:
                 wrapper.call_depth -= 1
 
     @staticmethod
-    def given_up(wrapper: DatabaseWrapper) -> str | None:
+    def given_up(wrapper: Watched) -> str | None:
         """After a call failed: why the watchdog gave it up, if it did."""
         record = wrapper.call_given_up
         if record is None:
@@ -191,10 +213,10 @@ class StallWatch:
             for wrapper, number in due:
                 workers.submit(self._check, wrapper, number)
 
-    def _due_calls(self, now: float) -> tuple[list[tuple[DatabaseWrapper, int]], float]:
+    def _due_calls(self, now: float) -> tuple[list[tuple[Watched, int]], float]:
         """The calls that have waited long enough (marked as being checked), and how
         soon to look again (the lock held)."""
-        due: list[tuple[DatabaseWrapper, int]] = []
+        due: list[tuple[Watched, int]] = []
         period = math.inf
         seen: dict[int, tuple[int, float]] = {}
         numbers: dict[int, int] = {}
@@ -221,7 +243,7 @@ class StallWatch:
         self._stalled = {k: v for k, v in self._stalled.items() if seen.get(k, (-1,))[0] == v[0]}
         return due, period
 
-    def _check(self, wrapper: DatabaseWrapper, number: int) -> None:
+    def _check(self, wrapper: Watched, number: int) -> None:
         """Is the session of a call that has waited ``stall_timeout`` still alive?"""
         host, fd, stall_timeout = wrapper.server, wrapper.server_fd, wrapper.connected_stall_timeout
         if host is None or fd is None or stall_timeout is None:
@@ -287,7 +309,7 @@ _SESSION_SQL = (
 _AGE_TOLERANCE = 1.0
 
 
-def check_session(wrapper: DatabaseWrapper, host: Host) -> tuple[Finding, str]:
+def check_session(wrapper: Watched, host: Host) -> tuple[Finding, str]:
     """A new connection to ``host`` looks for the session of the wrapper's connection."""
     driver = wrapper.driver
     params = wrapper.get_connection_params()

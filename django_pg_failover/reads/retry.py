@@ -52,13 +52,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from contextlib import suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.db.backends.postgresql.base import CursorDebugWrapper
 from django.db.backends.utils import CursorWrapper
 from django.db.utils import DatabaseError, OperationalError
 
 from django_pg_failover.drivers import TRANSACTION_IDLE_CODE
+
+if TYPE_CHECKING:
+    from django_pg_failover.drivers import Driver
+    from django_pg_failover.losing.loss import ConnectionLoss
 from django_pg_failover.reads.statements import (
     SQL_CONSTRUCTS,
     Kind,
@@ -125,7 +129,24 @@ class ReadRetryState:
         self.session_changed = False
 
 
-def may_retry_read(db: Any, exc: OperationalError, raw_cursor: Any) -> bool:
+class Reader(Protocol):
+    """What re-running a read needs of a database wrapper (see ``base.py``)."""
+
+    alias: str
+    driver: Driver
+    connection: Any
+    in_atomic_block: bool
+    autocommit: bool
+    reads: ReadRetryState
+    loss: ConnectionLoss
+    wrap_database_errors: Any
+
+    def ensure_connection(self) -> None: ...
+
+    def create_cursor(self, name: str | None = None) -> Any: ...
+
+
+def may_retry_read(db: Reader, exc: OperationalError, raw_cursor: Any) -> bool:
     """After it failed: was the connection lost under it (and closed since)?"""
     return (
         exc.__cause__ is not None
@@ -168,12 +189,12 @@ def confirm_read(connection: Any, statement: Statement) -> str | None:
     return None
 
 
-def _control(db: Any, sql: str) -> None:
+def _control(db: Reader, sql: str) -> None:
     with db.wrap_database_errors, db.connection.cursor() as cursor:
         cursor.execute(sql)
 
 
-class ReadRetryMixin:
+class ReadRetryMixin(CursorWrapper):
     """Re-run a lost plain read once; note every statement that may change the session."""
 
     def execute(self, sql: Any, params: Any = None) -> Any:
@@ -254,7 +275,7 @@ class ReadRetryMixin:
         return super().callproc(procname, params, kparams)
 
 
-class ReadRetryCursorWrapper(ReadRetryMixin, CursorWrapper):
+class ReadRetryCursorWrapper(ReadRetryMixin):
     pass
 
 

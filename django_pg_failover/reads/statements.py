@@ -2,7 +2,7 @@
 
 The text alone never makes a statement safe to run twice: a view, a
 row-level-security policy or a function body does what the text does not show.
-It only sorts statements for :mod:`.reads`:
+It only sorts statements for :mod:`.retry`:
 
 - ``READ``: one ``SELECT`` that locks nothing, creates nothing (no ``INTO``),
   and calls only built-in functions that neither write nor change the session.
@@ -185,7 +185,7 @@ def _tokens(sql: str) -> list[_Token]:
         match = _TOKEN.match(sql, position)
         if match is None:
             raise _Unreadable
-        group = match.lastgroup
+        group = match.lastgroup or ""  # (every alternative of _TOKEN is a named group)
         position = match.end()
         if group in ("space", "line_comment"):
             continue
@@ -221,9 +221,10 @@ def _skip_block_comment(sql: str, position: int) -> int:
 
 def _qualified_name(tokens: list[_Token], index: int) -> tuple[str, list[str], int]:
     """The (possibly schema-qualified) name starting at ``index``: text, parts, next index."""
-    parts, texts = [], []
-    while index < len(tokens) and tokens[index].identifier is not None:
-        parts.append(tokens[index].identifier)
+    parts: list[str] = []
+    texts: list[str] = []
+    while index < len(tokens) and (identifier := tokens[index].identifier) is not None:
+        parts.append(identifier)
         texts.append(tokens[index].text)
         if index + 1 < len(tokens) and tokens[index + 1].text == ".":
             index += 2
@@ -414,7 +415,7 @@ def _locks_rows(tokens: list[_Token]) -> bool:
 def _write_target(tokens: list[_Token]) -> list[str] | None:
     """The relation an INSERT/UPDATE/DELETE/MERGE writes to."""
     index = 1
-    expected = {"insert": "into", "delete": "from", "merge": "into"}.get(tokens[0].word)
+    expected = {"insert": "into", "delete": "from", "merge": "into"}.get(tokens[0].word or "")
     if expected is not None:
         if index >= len(tokens) or tokens[index].word != expected:
             return None

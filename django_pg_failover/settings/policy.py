@@ -55,7 +55,7 @@ class FailoverPolicy:
     ``stall_timeout``
         Seconds a call may wait on its server before the backend checks, with
         a new connection, that the server is alive; a server that does not
-        answer has the call given up (:mod:`.stall`). None: never.
+        answer has the call given up (:mod:`..losing.stall`). None: never.
     """
 
     retry_timeout: float = 10.0
@@ -133,7 +133,7 @@ def _seconds(value: Any, alias: str | None, keys: tuple[str | int, ...]) -> floa
         raise SettingsError(
             alias, keys, f"{redacted(value)} is not a number of seconds", FAILOVER_CHECK
         )
-    low, high = _LIMITS[name]
+    low, high = _LIMITS[str(name)]
     # math.isfinite() overflows on a huge int; ints are finite anyway.
     if (isinstance(value, float) and not math.isfinite(value)) or value < 0:
         raise SettingsError(

@@ -99,7 +99,7 @@ class Command(BaseCommand):
         "to now. Exits with status 1 when no host matches the alias's target_session_attrs."
     )
     # A health check: quick, and not failed by another app's system check.
-    requires_system_checks = []
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
