@@ -251,11 +251,12 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             landing = getattr(connection, "_pg_failover_landing", None)
         if landing is not None:
             self.server = landing.host
-            self.server_session = (driver.backend_pid(connection), landing.began, landing.ended)
+            self.server_session = (landing.pid, landing.began, landing.ended)
+            self.server_fd = landing.fd
         else:
             self.server = Host(*driver.landed_on(connection))
             self.server_session = None
-        self.server_fd = driver.socket_fd(connection)
+            self.server_fd = driver.socket_fd(connection)
         # Django's connect() has just validated the settings (get_connection_params()).
         policy = (self._settings or self.failover_settings).policy
         self.connected_stall_timeout = policy.stall_timeout if self.server_fd is not None else None

@@ -72,6 +72,10 @@ class Landing:
     #: session started in between (the stall watchdog knows it again by that).
     began: float = 0.0
     ended: float = 0.0
+    #: The session's server process (as the server said) and the connection's
+    #: socket, read once (a pool's connection is checked out many times).
+    pid: int = 0
+    fd: int | None = None
     #: Judged suitable by the calling thread's own attempt (the healthy path).
     suits: bool = False
 
@@ -110,7 +114,15 @@ def attempt(driver: Driver, host: Host, params: Mapping[str, Any], recheck: floa
             reason = unexpected_failure(exc)
         return HostFailure(host, reason, Verdict.UNREACHABLE, exc)
     host_status.record_role(host, role, recheck)
-    return Landing(connection, host, role, began=began, ended=time.monotonic())
+    return Landing(
+        connection,
+        host,
+        role,
+        began=began,
+        ended=time.monotonic(),
+        pid=driver.backend_pid(connection),
+        fd=driver.socket_fd(connection),
+    )
 
 
 def _drop_tracebacks(error: BaseException | None) -> None:

@@ -56,6 +56,7 @@ row): that costs one check of a live session, never a call given up.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 import os
@@ -120,7 +121,8 @@ class StallWatch:
     def _reset(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._wrappers: weakref.WeakSet[Watched] = weakref.WeakSet()
+        #: The wrappers signed up, by id, until they are gone (weak references).
+        self._wrappers: dict[int, weakref.ref[Watched]] = {}
         #: Per wrapper, the call seen in flight (its number) and when it is due:
         #: ``stall_timeout`` after it was first seen, later again once a check
         #: left it alone, never while a check of it runs.
@@ -146,8 +148,18 @@ class StallWatch:
         stall_timeout = wrapper.connected_stall_timeout
         if stall_timeout is None:
             return
+        if (
+            self._thread is not None
+            and id(wrapper) in self._wrappers
+            and stall_timeout >= self._period * 4  # (see _period())
+        ):
+            # Signed up already (a wrapper stays until it is gone), watched already:
+            # the common case of a pool's checkout, and of a connect per request.
+            return
         with self._lock:
-            self._wrappers.add(wrapper)
+            key = id(wrapper)
+            if key not in self._wrappers:
+                self._wrappers[key] = weakref.ref(wrapper, functools.partial(self._forget, key))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._watch, name="pg-failover-stall-watch", daemon=True
@@ -155,6 +167,10 @@ class StallWatch:
                 self._thread.start()
             elif stall_timeout < self._period * 4:  # (see _period())
                 self._wake.notify()  # asleep for longer than this connection allows
+
+    def _forget(self, key: int, reference: object) -> None:
+        """A wrapper signed up is gone (its weak reference's callback)."""
+        self._wrappers.pop(key, None)
 
     @contextmanager
     def guard(self, wrapper: Watched) -> Iterator[None]:
@@ -220,11 +236,13 @@ class StallWatch:
         period = math.inf
         seen: dict[int, tuple[int, float]] = {}
         numbers: dict[int, int] = {}
-        for wrapper in list(self._wrappers):
+        for reference in list(self._wrappers.values()):
+            wrapper = reference()
+            if wrapper is None:
+                continue
             stall_timeout = wrapper.connected_stall_timeout
             if stall_timeout is None or wrapper.connection is None:
-                self._wrappers.discard(wrapper)
-                continue
+                continue  # signed up still: its next connection needs no lock
             period = min(period, _period(stall_timeout))
             key, number = id(wrapper), wrapper.call_number
             numbers[key] = number

@@ -23,9 +23,10 @@ from django.db import connections
 
 from django_pg_failover import signals
 from django_pg_failover.base import DatabaseWrapper
-from django_pg_failover.connecting.connector import Connector, Landing
+from django_pg_failover.connecting.attempt import Landing
+from django_pg_failover.connecting.connector import Connector
 from django_pg_failover.connecting.memory import HostState, host_status
-from django_pg_failover.connecting.search import Watcher, _HostWatch
+from django_pg_failover.connecting.search import HostList, Watcher, _HostWatch
 from django_pg_failover.connecting.verdicts import Verdict
 from django_pg_failover.drivers import get_driver
 from django_pg_failover.lab import Cluster
@@ -249,7 +250,16 @@ def test_pg_hosts_refuses_the_setting_without_a_traceback(cluster: Cluster, make
 
 def test_the_watcher_takes_an_unexpected_error_as_a_failure() -> None:
     """Whatever an attempt raises, the watcher backs that host off and goes on."""
-    watcher = Watcher((), connector("bad-name", [BAD]), {})
+    bad = connector("bad-name", [BAD])
+    hosts = HostList(
+        alias=bad.alias,
+        hosts=bad.hosts,
+        target_session_attrs=bad.target_session_attrs,
+        policy=bad.policy,
+        attempt=lambda host: bad.attempt(host, {}),
+        close=bad.driver.close_quietly,
+    )
+    watcher = Watcher((), hosts)
     watch = _HostWatch(BAD)
     future: Future = Future()
     future.set_exception(UnicodeError("label empty or too long"))
