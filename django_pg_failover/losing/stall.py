@@ -137,6 +137,8 @@ class StallWatch:
         self._thread: threading.Thread | None = None
         #: How long the watchdog sleeps, as it went to sleep (0 while it is awake).
         self._period = 0.0
+        #: The shortest stall_timeout of the connections signed up so far.
+        self._shortest = _IDLE_EXIT * 4
 
     def after_fork_in_child(self) -> None:
         self._reset()
@@ -158,6 +160,7 @@ class StallWatch:
             return
         with self._lock:
             key = id(wrapper)
+            self._shortest = min(self._shortest, stall_timeout)
             if key not in self._wrappers:
                 self._wrappers[key] = weakref.ref(wrapper, functools.partial(self._forget, key))
             if self._thread is None:
@@ -209,20 +212,20 @@ class StallWatch:
 
     def _watch_calls(self) -> None:
         idle_since = time.monotonic()
-        # Without a watched connection, the last period still: a process that
-        # connects per request signs up again at once, and finds the watchdog
-        # asleep for no longer than its connection allows (nothing to wake).
-        last_period = _IDLE_EXIT
         while True:
             with self._lock:
                 now = time.monotonic()
                 due, period = self._due_calls(now)
                 if period < math.inf:
-                    idle_since, last_period = now, period
+                    idle_since = now
                 elif now - idle_since > _IDLE_EXIT:
                     return
                 if not due:
-                    self._period = min(period, last_period)
+                    # Without a watched connection, the period of the shortest
+                    # stall_timeout signed up still: a process that connects per
+                    # request (or checks out of a pool) finds the watchdog asleep
+                    # for no longer than its connection allows (nothing to wake).
+                    self._period = min(period, _period(self._shortest))
                     self._wake.wait(self._period)
                     self._period = 0.0  # awake: a new connection is seen at the next look
                     continue

@@ -109,14 +109,24 @@ def connect_close(alias: str, count: int) -> Callable[[], None]:
 
 
 def orm_queries(alias: str, pk: int, count: int) -> Callable[[], None]:
+    """ORM ``get()``, ``count`` times; each slice on a connection of its own (see
+    :func:`cursor_queries`)."""
+    from django.db import connections
+
     from shop.models import Order
 
     manager = Order.objects.using(alias)
+
+    def prepare() -> None:
+        connection = connections[alias]
+        connection.close()
+        connection.ensure_connection()
 
     def run() -> None:
         for _ in range(count):
             manager.get(pk=pk)
 
+    run.prepare = prepare  # type: ignore[attr-defined]
     return run
 
 
