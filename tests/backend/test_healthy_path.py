@@ -114,6 +114,7 @@ def test_a_query_costs_at_most_one_call_more_than_stock(aliases: dict[str, str])
     counts = {side: query_work(alias) for side, alias in aliases.items()}
     query = {side: python_calls(work[0]) for side, work in counts.items()}
     fetch = {side: python_calls(work[1]) for side, work in counts.items()}
+    print(f"calls per query {query}, per fetch {fetch}")  # the figures, with -s
     assert query["ours"] - query["stock"] <= QUERY_BUDGET, query
     assert fetch["ours"] - fetch["stock"] <= FETCH_BUDGET, fetch
     assert query["ours_reads"] - query["stock"] <= RETRY_READS_BUDGET, query
@@ -143,6 +144,7 @@ def test_a_connect_costs_what_stock_costs_and_wakes_no_thread(aliases: dict[str,
         work()  # the host memory knows the primary; the stall watchdog runs
     threads, submitted = threading.active_count(), background.workers.submitted
     calls = {side: python_calls(work, times=20) for side, work in works.items()}
+    print(f"calls per connect and close {calls}")
     assert calls["ours"] - calls["stock"] <= CONNECT_BUDGET, calls
     assert background.workers.submitted == submitted  # nothing handed to a worker
     assert threading.active_count() == threads  # and no thread started
@@ -156,4 +158,5 @@ def test_a_pool_checkout_costs_what_stocks_costs(cluster: Cluster, make_alias) -
         "ours": connect_work(make_alias(OPTIONS=pool)),
     }
     calls = {side: python_calls(work, times=20) for side, work in works.items()}
+    print(f"calls per checkout and return {calls}")
     assert calls["ours"] - calls["stock"] <= POOL_CHECKOUT_BUDGET, calls
