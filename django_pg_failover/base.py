@@ -118,6 +118,9 @@ class HostListDatabase:
 
 
 class DatabaseWrapper(postgresql.DatabaseWrapper):
+    if not hasattr(postgresql.DatabaseWrapper, "_connection_pools"):  # before Django 5.1
+        _connection_pools: dict[str, Any] = {}  # no pool: stays empty
+
     client_class = DatabaseClient
     creation_class = DatabaseCreation
     #: Losing the connection: its flags and rules (:mod:`.losing.loss`).
@@ -206,6 +209,14 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         )
 
     def get_connection_params(self) -> dict[str, Any]:
+        if self.alias in self._connection_pools:
+            # A pool's checkout: Django's connect() asks, and the pool (built with
+            # the parameters below) ignores the answer. Nothing added to stock's.
+            return super().get_connection_params()
+        return self.failover_connection_params()
+
+    def failover_connection_params(self) -> dict[str, Any]:
+        """The alias's connection parameters as the backend connects with them."""
         settings = self.failover_settings
         params = super().get_connection_params()
         params.pop("failover", None)

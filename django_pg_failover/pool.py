@@ -215,7 +215,7 @@ def build_pool(wrapper: Any) -> FailoverPool:
     settings = wrapper.failover_settings  # validates OPTIONS["pool"] too
     pool_options = wrapper.settings_dict["OPTIONS"]["pool"]
     options = {} if pool_options is True else dict(pool_options)
-    kwargs = wrapper.get_connection_params()
+    kwargs = wrapper.failover_connection_params()
     # Django's pool opens connections in autocommit; Django sets the mode later.
     kwargs["autocommit"] = True
     return FailoverPool(

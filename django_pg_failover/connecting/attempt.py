@@ -140,7 +140,7 @@ def _drop_tracebacks(error: BaseException | None) -> None:
 def one_host_params(conn_params: Mapping[str, Any], host: Host, timeout: int) -> dict[str, Any]:
     """The alias's connection parameters narrowed to one host, any role, ``timeout`` s.
 
-    ``conn_params`` comes from the backend's ``get_connection_params()``, which
+    ``conn_params`` comes from the backend's ``failover_connection_params()``, which
     already dropped the keys libpq does not know (``failover``, Django's own
     options) and the load balancing this backend does itself.
     """

@@ -109,7 +109,7 @@ class Watched(Protocol):
     @property
     def failover_policy(self) -> FailoverPolicy: ...
 
-    def get_connection_params(self) -> dict[str, Any]: ...
+    def failover_connection_params(self) -> dict[str, Any]: ...
 
 
 class StallWatch:
@@ -333,7 +333,7 @@ _AGE_TOLERANCE = 1.0
 def check_session(wrapper: Watched, host: Host) -> tuple[Finding, str]:
     """A new connection to ``host`` looks for the session of the wrapper's connection."""
     driver = wrapper.driver
-    params = wrapper.get_connection_params()
+    params = wrapper.failover_connection_params()
     params = one_host_params(params, host, params.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
     try:
         with fork_gate.inside():

@@ -107,10 +107,14 @@ _ATTRIBUTES_SQL = (
 
 
 def has_raw_sql_param(params: Any, raw_sql_type: type | None) -> bool:
-    """Whether a parameter is SQL the driver pastes in as it is (a loop: run per read)."""
+    """Whether a parameter is SQL the driver pastes in as it is (run per read: the
+    ORM's lists and dicts are told by their class, not by the ``Mapping`` ABC)."""
     if raw_sql_type is None or not params:
         return False
-    for value in params.values() if isinstance(params, Mapping) else params:
+    kind = params.__class__
+    if kind is dict or (kind is not list and kind is not tuple and isinstance(params, Mapping)):
+        params = params.values()
+    for value in params:  # noqa: SIM110 - a loop, not a generator per read
         if isinstance(value, raw_sql_type):
             return True
     return False

@@ -130,7 +130,7 @@ class Command(BaseCommand):
             raise CommandError(f"--timeout must be a whole number of seconds >= 1, not {timeout}")
         connection = failover_connection(alias)
         try:
-            conn_params = connection.get_connection_params()
+            conn_params = connection.failover_connection_params()
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
         target_session_attrs = conn_params["target_session_attrs"]
