@@ -44,6 +44,7 @@ FETCH_BUDGET = 0
 RETRY_READS_BUDGET = 4
 CONNECT_BUDGET = 75
 POOL_CHECKOUT_BUDGET = 30
+QUERIES = 500  # the memory test's queries
 
 
 @contextmanager
@@ -129,12 +130,16 @@ def test_queries_leave_nothing_of_ours_allocated(aliases: dict[str, str]) -> Non
         try:
             query()  # what a query replaces (the start time of the last call) is traced too
             before = tracemalloc.take_snapshot().filter_traces([package])
-            for _ in range(500):
+            for _ in range(QUERIES):
                 query()
             after = tracemalloc.take_snapshot().filter_traces([package])
         finally:
             tracemalloc.stop()
-    grown = [d for d in after.compare_to(before, "lineno") if d.count_diff > 0]
+    # A line that allocates per query grows by hundreds of objects over 500 queries.
+    # The stall watchdog's thread keeps its last look at the connections (a few small
+    # dicts, replaced at each look, whatever the number of queries), and a snapshot
+    # can fall on either side of a look: a handful of objects is not a query's.
+    grown = [d for d in after.compare_to(before, "lineno") if d.count_diff >= QUERIES // 10]
     assert grown == []
 
 
