@@ -75,7 +75,8 @@ def test_writes_wait_for_an_address_that_moves_after_the_switchover(
             "stock": make_alias(stock=True, HOST="127.0.0.1", PORT=str(relay.port)),
         }
         if pool_available():
-            aliases["ours pool"] = make_alias(**endpoint, OPTIONS={"pool": {"min_size": 2, "max_size": 2}})
+            pool_options = {"pool": {"min_size": 2, "max_size": 2}}
+            aliases["ours pool"] = make_alias(**endpoint, OPTIONS=pool_options)
         loops = [
             RequestLoop(alias, label, threading.Event(), behind_proxy=True)
             for label, alias in aliases.items()

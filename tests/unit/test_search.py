@@ -140,7 +140,8 @@ def test_an_address_that_moved_to_a_primary_is_followed() -> None:
     thread.join(10)
     assert woken == [True]
     assert time.monotonic() - moved_at < 1.0  # about backoff_max (50 ms), not the deadline
-    assert held.role is Role.STANDBY and held in servers.closed
+    assert held.role is Role.STANDBY
+    assert held in servers.closed  # replaced, not kept
 
 
 def test_prefer_standby_takes_any_server_when_no_standby_answers() -> None:
