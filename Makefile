@@ -31,6 +31,10 @@ patroni-runtime:
 	@$(PY) -c 'from django_pg_failover.lab.etcd import find_etcd; find_etcd()' 2>/dev/null || \
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; } || true
+	@# HAProxy for the Patroni lab's proxy tests and demo (Debian's haproxy, when root).
+	@command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; } || true
 	$(PY) -m django_pg_failover.lab prepare-patroni
 
 venv: $(VENV)/.installed
