@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # make demo ORCHESTRATOR=patroni: the servers under Patroni and etcd.
 ORCHESTRATOR ?= lab
+# make demo ORCHESTRATOR=patroni PROXY=haproxy: through HAProxy, steered by Patroni's REST API.
+PROXY ?=
 
 .PHONY: demo test lint bench conformance venv patroni-runtime
 
@@ -59,4 +61,4 @@ bench: venv
 	$(PY) -m tests.benchmarks
 
 demo: venv
-	$(PY) testproject/demo.py --orchestrator $(ORCHESTRATOR)
+	$(PY) testproject/demo.py --orchestrator $(ORCHESTRATOR) $(if $(PROXY),--proxy $(PROXY))
