@@ -33,7 +33,8 @@ container health check.
 minus the standby's ``pg_last_wal_replay_lsn()``; ``replay_lag_seconds`` is
 the standby's ``now() - pg_last_xact_replay_timestamp()``, which also grows
 while the primary commits nothing, and is null before the standby replayed a
-commit.
+commit. The table says so under it when a standby has nothing left to replay
+(LAG BYTES 0) and its LAG SECONDS is 1 or more.
 """
 
 from __future__ import annotations
@@ -143,6 +144,9 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(report, indent=2))
         else:
             self.stdout.write(render_table(report["hosts"]))
+            note = idle_lag_note(report["hosts"])
+            if note:
+                self.stdout.write(note)
             if chosen is not None:
                 self.stdout.write(f"would connect to {chosen.host} ({chosen.role})")
         if chosen is None:
@@ -308,6 +312,34 @@ def _table_row(host: Mapping[str, Any]) -> tuple[str, ...]:
         _cell(host["replay_lag_seconds"], "{:.3f}"),
         _cell(host["rtt_ms"], "{:.2f}"),
         "*" if host["would_connect"] else "",
+    )
+
+
+#: A standby's LAG SECONDS counts from its last replayed commit: past this, on a
+#: standby with nothing left to replay, the table says why the figure grows.
+IDLE_LAG_NOTE_SECONDS = 1.0
+
+
+def idle_lag_note(hosts: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why a caught-up standby's LAG SECONDS grows: the primary commits nothing.
+
+    Operators read a growing LAG SECONDS as a standby falling behind; with LAG
+    BYTES at 0 it has replayed everything the primary wrote, and the seconds
+    only count from the last commit there was to replay.
+    """
+    idle = [
+        f"{host['host']}:{host['port']}"
+        for host in hosts
+        if host["replay_lag_bytes"] == 0
+        and host["replay_lag_seconds"] is not None
+        and host["replay_lag_seconds"] >= IDLE_LAG_NOTE_SECONDS
+    ]
+    if not idle:
+        return None
+    return (
+        f"note: LAG BYTES 0 on {', '.join(idle)}: replayed all the primary wrote. "
+        "LAG SECONDS counts from the last commit replayed and grows while the primary "
+        "commits nothing: not a standby falling behind."
     )
 
 
