@@ -12,7 +12,11 @@
 - between passes it **waits** for the process's search of the list
   (:mod:`.search`), until ``retry_timeout``: a host that refused for good is
   not tried again in that call, and when every host has refused for good the
-  error is raised at once.
+  error is raised at once;
+- a connect **once** makes one pass and waits for nothing: for a question
+  that can be asked again later (Django's ``pg_version`` in the system checks,
+  which Django 6.1 asks of every alias: ``manage.py check`` with every host
+  down must not wait ``retry_timeout`` per alias).
 """
 
 from __future__ import annotations
@@ -46,6 +50,11 @@ _KEEP_WAITING_CHECK = 1.0
 #: one unanswered for ``attempt_delay`` sends the next connects on a pass instead.
 _connecting_inline: dict[Host, float] = {}
 
+#: Host lists (with their target) on which a connect of this process found a suitable
+#: server. The healthy path adds nothing: it runs only on a host the memory knows
+#: suits, which a connect (or the watcher) that found it has recorded.
+_reached: set[tuple[tuple[Host, ...], str]] = set()
+
 # Connection keywords each attempt sets itself.
 _HOST_KEYWORDS = ("host", "port", "hostaddr", "target_session_attrs", "load_balance_hosts")
 
@@ -58,6 +67,8 @@ class _Call:
     started: float
     deadline: float
     keep_waiting: Callable[[], bool]
+    #: Why the call gives up when out of time.
+    out_of_time: str = "retry_timeout reached"
     passes: int = 0
     #: Hosts that refused for good: not tried again in this call.
     refused: dict[Host, HostFailure] = field(default_factory=dict)
@@ -112,6 +123,13 @@ class Connector:
         """One attempt at ``host`` (:func:`.attempt.attempt`)."""
         return attempt(self.driver, host, params, self.policy.host_recheck)
 
+    @property
+    def reached_before(self) -> bool:
+        """This process has found a suitable server of the list before."""
+        return (self.hosts, self.target_session_attrs) in _reached or any(
+            host_status.suits(host, self.target_session_attrs) for host in self.hosts
+        )
+
     def ordered_hosts(self) -> tuple[Host, ...]:
         if self.policy.host_recheck > 0:
             return host_status.order(self.hosts, self.target_session_attrs, self.shuffle)
@@ -126,20 +144,27 @@ class Connector:
         params: Mapping[str, Any],
         deadline: float | None = None,
         keep_waiting: Callable[[], bool] = lambda: True,
+        once: bool = False,
     ) -> Landing:
         """A connection to a suitable server, waiting for one until ``deadline``.
 
         Raises the driver's OperationalError, one line per host, when every
         host refused for good, or at the deadline (default: ``retry_timeout``
-        from now). ``deadline=None`` and ``keep_waiting`` let a pool's worker
-        wait for as long as the pool is open.
+        from now). ``deadline=math.inf`` and ``keep_waiting`` let a pool's
+        worker wait for as long as the pool is open. ``once``: one pass, no
+        wait (the deadline is now).
         """
         started = time.monotonic()
+        if once:
+            deadline = started
+        elif deadline is None:
+            deadline = started + self.policy.retry_timeout
         call = _Call(
             {k: v for k, v in params.items() if k not in _HOST_KEYWORDS},
             started,
-            started + self.policy.retry_timeout if deadline is None else deadline,
+            deadline,
             keep_waiting,
+            "no suitable host in one pass" if once else "retry_timeout reached",
         )
         first: Outcome | None = None
         watcher, search_end = self._search_under_way(call.params)
@@ -223,6 +248,7 @@ class Connector:
         if call.passes > 1 or result.failures:
             self._forget_failures(call.params)  # they describe an outage now over
         self.failing = self.refused_for_good = False
+        _reached.add((self.hosts, self.target_session_attrs))
         landing = result.landing
         assert landing is not None
         landing.passes, landing.elapsed = call.passes, call.elapsed()
@@ -266,7 +292,7 @@ class Connector:
                 call.passes,
                 elapsed,
             )
-            raise self._error(call.passes, elapsed, "retry_timeout reached") from cause
+            raise self._error(call.passes, elapsed, call.out_of_time) from cause
         if call.passes == 1 or logger.isEnabledFor(logging.DEBUG):
             logger.log(
                 logging.WARNING if call.passes == 1 else logging.DEBUG,
