@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # make demo ORCHESTRATOR=patroni: the servers under Patroni and etcd.
 ORCHESTRATOR ?= lab
 
-.PHONY: demo test lint bench conformance venv patroni-runtime
+.PHONY: demo test lint bench conformance venv patroni-runtime picture
 
 # pip retries a refused connection by itself, not a registry that stalls or fails in the
 # middle of an install: the install gets a second try, and a stalled socket gives up after
@@ -64,3 +64,7 @@ bench: venv
 
 demo: venv $(if $(filter patroni,$(ORCHESTRATOR)),$(VENV)/.patroni-ready)
 	$(PY) testproject/demo.py --orchestrator $(ORCHESTRATOR)
+
+# The picture in the README and the docs: the demo's run, drawn where they show it.
+picture: venv
+	$(PY) testproject/demo.py --picture docs/_static/failover-demo

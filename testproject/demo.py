@@ -195,9 +195,10 @@ class LabScenario:
             step(run, event)
 
     def crash(self, run: Run, event: Callable[..., None]) -> None:
+        killed = time.monotonic()  # kill -9 of every process takes a while on a busy machine
         self.cluster.crash(self.old)
         run.crashed_at = time.monotonic()
-        event(f"kill -9 {self.old.name} (primary)")
+        event(f"kill -9 {self.old.name} (primary)", at=killed)
 
     def promote(self, run: Run, event: Callable[..., None]) -> None:
         new = self.cluster.promote()
