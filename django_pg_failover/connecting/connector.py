@@ -114,6 +114,8 @@ class Connector:
         self.last_failures: list[HostFailure] = []
         #: The last connect has not found a server yet, or gave up.
         self.failing = False
+        #: ``search.watchers_made`` when this list last had no watcher of the process.
+        self._watchers_seen = 0
         #: ...because every host refused for good.
         self.refused_for_good = False
         #: The process's watcher of this host list, once a connect waited for one.
@@ -340,10 +342,12 @@ class Connector:
         watcher = self.watcher
         if watcher is None:
             # Another connector (another thread's wrapper) of the same list may have.
-            if not search.watchers:  # no host list of the process has waited yet
+            made = search.watchers_made
+            if made == self._watchers_seen:  # none made since this list had none
                 return None, None
             watcher = search.known_watcher(self._key(params))
             if watcher is None:
+                self._watchers_seen = made
                 return None, None
             self.watcher = watcher
         end = search.search_under_way(watcher)
