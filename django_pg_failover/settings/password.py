@@ -40,7 +40,7 @@ from typing import Any
 from django_pg_failover.exceptions import SettingsError
 from django_pg_failover.settings.hosts import Host
 from django_pg_failover.settings.policy import FAILOVER_CHECK
-from django_pg_failover.settings.redact import redact
+from django_pg_failover.settings.redact import redact, redacted
 
 KEYS = ("OPTIONS", "failover", "password")
 #: Identifiers joined by dots, at least two: "package.module.function".
@@ -51,7 +51,7 @@ class PasswordProviderError(Exception):
     """The provider raised, or returned no usable password: that host's attempt fails."""
 
     def __init__(self, alias: str | None, host: Host, reason: str) -> None:
-        super().__init__(f"database alias {alias!r}: {reason} (connecting to {host})")
+        super().__init__(f"database alias {redacted(alias)}: {reason} (connecting to {host})")
         #: Why, without the alias (an error about the alias lists it per host).
         self.reason = reason
 
@@ -80,20 +80,21 @@ class PasswordProvider:
         kwargs: dict[str, Any] = {"host": host.host, "port": host.port, "user": user}
         if refresh and self.takes_refresh:
             kwargs["refresh"] = True
+        name = redacted(self.name)
         try:
             value = self.function(**kwargs)
         except Exception as exc:
             text = " ".join(str(exc).split())
             what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
             raise PasswordProviderError(
-                self.alias, host, f"the password provider {self.name!r} raised {redact(what)}"
+                self.alias, host, f"the password provider {name} raised {redact(what)}"
             ) from None  # its traceback may hold the secret in a frame's locals
         if not isinstance(value, str) or not value:
-            got = f"a {type(value).__name__}" if value != "" else "an empty string"
+            got = f"a {type(value).__name__} object" if value != "" else "an empty string"
             raise PasswordProviderError(
                 self.alias,
                 host,
-                f"the password provider {self.name!r} returned {got}, not a password string",
+                f"the password provider {name} returned {got}, not a password string",
             )
         return value
 
@@ -127,7 +128,7 @@ def password_provider(
         raise SettingsError(
             alias,
             KEYS,
-            f"a {type(value).__name__} is neither a dotted path to a callable "
+            f"a {type(value).__name__} object is neither a dotted path to a callable "
             "('package.module.function') nor a callable",
             FAILOVER_CHECK,
         )
@@ -151,19 +152,23 @@ def _imported(path: str, alias: str | None) -> Callable[..., Any]:
         raise SettingsError(
             alias,
             KEYS,
-            f"{path!r}: cannot import {module_path!r} ({type(exc).__name__}: {redact(text)})",
+            f"{redacted(path)}: cannot import {redacted(module_path)} "
+            f"({type(exc).__name__}: {redact(text)})",
             FAILOVER_CHECK,
         ) from None
     function = getattr(module, attribute, None)
     if function is None:
         raise SettingsError(
-            alias, KEYS, f"{path!r}: {module_path!r} has no {attribute!r}", FAILOVER_CHECK
+            alias,
+            KEYS,
+            f"{redacted(path)}: {redacted(module_path)} has no {redacted(attribute)}",
+            FAILOVER_CHECK,
         )
     if not callable(function):
         raise SettingsError(
             alias,
             KEYS,
-            f"{path!r} is a {type(function).__name__}, not callable",
+            f"{redacted(path)} is a {type(function).__name__} object, not callable",
             FAILOVER_CHECK,
         )
     return function
@@ -181,7 +186,7 @@ def _check_signature(function: Callable[..., Any], name: str, alias: str | None)
         raise SettingsError(
             alias,
             KEYS,
-            f"{name!r} cannot be called as provider(host=..., port=..., user=...): {exc}",
+            f"{redacted(name)} cannot be called as provider(host=..., port=..., user=...): {exc}",
             FAILOVER_CHECK,
         ) from None
     return any(
