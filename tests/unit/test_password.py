@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from django_pg_failover import config
 from django_pg_failover.checks import database_problems
 from django_pg_failover.connecting.verdicts import connect_verdict, password_refused
 from django_pg_failover.drivers import get_driver
+from django_pg_failover.exceptions import DatabaseURLError
 from django_pg_failover.settings.conf import FailoverSettings
 from django_pg_failover.settings.hosts import Host
 from django_pg_failover.settings.password import PasswordProviderError
@@ -173,6 +175,21 @@ def test_a_fixed_password_beside_a_provider_is_an_error(
     assert PW not in str(caught.value)
     [problem] = database_problems({"orders": db})
     assert PW not in problem.msg
+
+
+def test_config_takes_a_provider_and_refuses_it_beside_the_urls_password() -> None:
+    provider = {"failover": {"password": f"{__name__}.token"}}
+    db = config(url="postgresql://app@db1,db2/app?retry_timeout=3", options=provider)
+    assert db["OPTIONS"]["failover"] == {"password": f"{__name__}.token", "retry_timeout": 3.0}
+    with pytest.raises(DatabaseURLError) as caught:
+        config(url=f"postgresql://app:{PW}@db1,db2/app", options=provider)
+    assert "PASSWORD: set beside OPTIONS['failover']['password']" in str(caught.value)
+    assert PW not in "".join(traceback.format_exception(caught.value))
+    with pytest.raises(DatabaseURLError, match=r"password: 'nosuchmodule_xyz\.token': cannot"):
+        config(
+            url="postgresql://app@db1/app",
+            options={"failover": {"password": "nosuchmodule_xyz.token"}},
+        )
 
 
 # -- a provider that fails -----------------------------------------------------------------
