@@ -28,7 +28,7 @@ import dataclasses
 import datetime
 from typing import Any
 
-from django.conf import settings
+from django.db import connections
 from health_check.base import HealthCheck
 from health_check.exceptions import ServiceUnavailable
 
@@ -65,6 +65,6 @@ def failover_checks(**options: Any) -> list[tuple[type[FailoverDatabase], dict[s
     ``DATABASES`` order, each with ``options`` (``max_lag_seconds``, ``timeout``)."""
     return [
         (FailoverDatabase, {"alias": alias, **options})
-        for alias, database in settings.DATABASES.items()
-        if database.get("ENGINE") == ENGINE
+        for alias, database in connections.settings.items()
+        if database["ENGINE"] == ENGINE
     ]
