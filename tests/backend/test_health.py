@@ -125,9 +125,7 @@ def test_view_through_a_crash_of_the_primary(cluster: Cluster, make_alias) -> No
     assert body["would_connect"] == address(new)
 
 
-def test_view_is_bounded_by_its_timeout_with_atomic_requests(
-    cluster: Cluster, make_alias
-) -> None:
+def test_view_is_bounded_by_its_timeout_with_atomic_requests(cluster: Cluster, make_alias) -> None:
     # ATOMIC_REQUESTS would open the alias's own connection first and wait
     # retry_timeout (15 s here) for a server.
     alias = make_alias(ATOMIC_REQUESTS=True)
@@ -240,7 +238,8 @@ def test_stale_connection_of_the_checks_own_thread(
     # reusing it, reports the alias down (its issue #755).
     assert executor.submit(lambda: connections[alias].connection is not None).result()
     generic = check(executor, Database(alias=alias))
-    assert generic is not None and generic.startswith("Unavailable")
+    assert generic is not None
+    assert generic.startswith("Unavailable")
     # Ours looks at every host on its own connections: the new primary is there.
     assert check(executor, FailoverDatabase(alias=alias)) is None
 
