@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.test import Client
 from django.urls import path
@@ -140,6 +141,20 @@ def test_view_answers_only_get_and_head(cluster: Cluster, make_alias) -> None:
     alias = make_alias()
     assert Client().post(f"/health/{alias}/").status_code == 405
     assert Client().head(f"/health/{alias}/").status_code == 200
+
+
+def test_view_never_shows_a_password_and_refuses_other_engines(
+    cluster: Cluster, make_alias
+) -> None:
+    wrong = "Not-The-Password-42"
+    alias = make_alias(PASSWORD=wrong)
+    response = Client().get(f"/health/{alias}/")
+    assert response.status_code == 503
+    assert wrong not in response.content.decode()
+    assert 'password authentication failed for user "app"' in response.json()["problem"]
+    stock = make_alias(stock=True)
+    with pytest.raises(ImproperlyConfigured, match="its health check needs ENGINE"):
+        Client().get(f"/health/{stock}/")
 
 
 def test_view_on_a_fenced_primary(cluster: Cluster, make_alias) -> None:
