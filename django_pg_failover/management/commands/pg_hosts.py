@@ -133,17 +133,10 @@ class Command(BaseCommand):
             raise CommandError(f"--timeout must be a whole number of seconds >= 1, not {timeout}")
         connection = failover_connection(alias)
         try:
-            conn_params = connection.failover_connection_params()
+            report, chosen = look(connection, timeout)
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
-        target_session_attrs = conn_params["target_session_attrs"]
-        # The order the backend would try them now (host status memory applied).
-        hosts = connection.connector.ordered_hosts()
-        reports = report_hosts(
-            hosts, conn_params, timeout, connection.driver, connection.failover_settings.password
-        )
-        chosen = would_connect(reports, target_session_attrs)
-        report = build_report(alias, target_session_attrs, reports, chosen)
+        target_session_attrs = report["target_session_attrs"]
         if options["json"]:
             self.stdout.write(json.dumps(report, indent=2))
         else:
@@ -170,6 +163,23 @@ def failover_connection(alias: str) -> DatabaseWrapper:
 
 
 # -- probing ---------------------------------------------------------------------
+
+
+def look(connection: DatabaseWrapper, timeout: int) -> tuple[dict[str, Any], HostReport | None]:
+    """One look at every host of the alias: the ``--json`` object, and the host it would use.
+
+    What the command prints and what the health check (:mod:`django_pg_failover.health`)
+    judges: one source for both. Raises ImproperlyConfigured for bad settings.
+    """
+    conn_params = connection.failover_connection_params()
+    target_session_attrs = conn_params["target_session_attrs"]
+    # The order the backend would try them now (host status memory applied).
+    hosts = connection.connector.ordered_hosts()
+    reports = report_hosts(
+        hosts, conn_params, timeout, connection.driver, connection.failover_settings.password
+    )
+    chosen = would_connect(reports, target_session_attrs)
+    return build_report(connection.alias, target_session_attrs, reports, chosen), chosen
 
 
 def report_hosts(
