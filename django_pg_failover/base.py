@@ -206,6 +206,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             policy=settings.policy,
             shuffle=settings.load_balance,
             attempt_delay=settings.policy.attempt_delay,
+            password=settings.password,
         )
 
     def get_connection_params(self) -> dict[str, Any]:
@@ -278,6 +279,31 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.loss.error = None
         self.reads.connected(policy.retry_reads)
         return connection
+
+    @cached_property
+    def pg_version(self) -> int:
+        """The server's version, as Django's backend reads it.
+
+        Django asks it through a temporary connection when none is open, for
+        feature flags; Django 6.1's system checks ask it of every alias
+        (``manage.py check`` with a model that has a ``GeneratedField``, for
+        one). Until this process has reached a server of the list, that
+        question gets one pass over the hosts and waits for no failover: with
+        every host down, ``check`` fails like Django's own backend, within
+        about ``connect_timeout``, instead of waiting ``retry_timeout`` per
+        alias. Once a server of the list has answered, a question asked
+        during a failover waits like any connect (the query that needs the
+        answer would wait for a server anyway).
+        """
+        connector = self.connector
+        if self.connection is not None or connector.reached_before:
+            version: int = postgresql.DatabaseWrapper.pg_version.func(self)
+            return version
+        landing = connector.connect(self.failover_connection_params(), once=True)
+        try:
+            return int(landing.connection.info.server_version)
+        finally:
+            driver.close_quietly(landing.connection)
 
     # -- losing a connection ----------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import subprocess
 import sys
 import time
@@ -24,10 +25,18 @@ def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's header (its IHDR chunk comes first)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
 @pytest.mark.timeout(150)
-def test_demo_end_to_end() -> None:
+def test_demo_end_to_end(tmp_path: Path) -> None:
     started = time.monotonic()
-    result = run_demo("--seconds", "9")
+    result = run_demo("--seconds", "9", "--picture", str(tmp_path / "timeline"))
     elapsed = time.monotonic() - started
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
@@ -44,6 +53,12 @@ def test_demo_end_to_end() -> None:
     # After the promotion, requests are served by the new primary.
     assert re.search(r"served by n[12]:\d+", out)
     assert "Everything the demo started has been stopped." in out
+    # The picture of the same runs, beside the text.
+    assert f"Picture: {tmp_path / 'timeline.png'}, {tmp_path / 'timeline.svg'}" in out
+    assert png_size(tmp_path / "timeline.png") == (1000, 560)
+    svg = (tmp_path / "timeline.svg").read_text()
+    assert svg.startswith("<?xml")
+    assert "kill -9 n0 (primary)" in svg
 
 
 @pytest.mark.timeout(300)

@@ -12,7 +12,11 @@
 - between passes it **waits** for the process's search of the list
   (:mod:`.search`), until ``retry_timeout``: a host that refused for good is
   not tried again in that call, and when every host has refused for good the
-  error is raised at once.
+  error is raised at once;
+- a connect **once** makes one pass and waits for nothing: for a question
+  that can be asked again later (Django's ``pg_version`` in the system checks,
+  which Django 6.1 asks of every alias: ``manage.py check`` with every host
+  down must not wait ``retry_timeout`` per alias).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from django_pg_failover.connecting.race import PassResult, Race
 from django_pg_failover.connecting.roles import suits
 from django_pg_failover.drivers import Driver
 from django_pg_failover.settings.hosts import Host
+from django_pg_failover.settings.password import PasswordProvider
 from django_pg_failover.settings.policy import FailoverPolicy
 
 logger = logging.getLogger("django_pg_failover")
@@ -45,6 +50,11 @@ _KEEP_WAITING_CHECK = 1.0
 #: Per host, when a connect attempt in a calling thread began (the last of them):
 #: one unanswered for ``attempt_delay`` sends the next connects on a pass instead.
 _connecting_inline: dict[Host, float] = {}
+
+#: Host lists (with their target) on which a connect of this process found a suitable
+#: server. The healthy path adds nothing: it runs only on a host the memory knows
+#: suits, which a connect (or the watcher) that found it has recorded.
+_reached: set[tuple[tuple[Host, ...], str]] = set()
 
 # Connection keywords each attempt sets itself.
 _HOST_KEYWORDS = ("host", "port", "hostaddr", "target_session_attrs", "load_balance_hosts")
@@ -58,6 +68,8 @@ class _Call:
     started: float
     deadline: float
     keep_waiting: Callable[[], bool]
+    #: Why the call gives up when out of time.
+    out_of_time: str = "retry_timeout reached"
     passes: int = 0
     #: Hosts that refused for good: not tried again in this call.
     refused: dict[Host, HostFailure] = field(default_factory=dict)
@@ -90,6 +102,7 @@ class Connector:
         policy: FailoverPolicy,
         shuffle: bool = False,
         attempt_delay: float = 0.2,
+        password: PasswordProvider | None = None,
     ) -> None:
         self.alias = alias
         self.sender = sender
@@ -99,10 +112,14 @@ class Connector:
         self.policy = policy
         self.shuffle = shuffle
         self.attempt_delay = attempt_delay
+        #: The password provider, asked at every attempt (:mod:`.password`); None: none.
+        self.password = password
         #: The latest failure of each host (for a pool's waiting clients).
         self.last_failures: list[HostFailure] = []
         #: The last connect has not found a server yet, or gave up.
         self.failing = False
+        #: ``search.watchers_made`` when this list last had no watcher of the process.
+        self._watchers_seen = 0
         #: ...because every host refused for good.
         self.refused_for_good = False
         #: The process's watcher of this host list, once a connect waited for one.
@@ -110,7 +127,14 @@ class Connector:
 
     def attempt(self, host: Host, params: Mapping[str, Any]) -> Outcome:
         """One attempt at ``host`` (:func:`.attempt.attempt`)."""
-        return attempt(self.driver, host, params, self.policy.host_recheck)
+        return attempt(self.driver, host, params, self.policy.host_recheck, self.password)
+
+    @property
+    def reached_before(self) -> bool:
+        """This process has found a suitable server of the list before."""
+        return (self.hosts, self.target_session_attrs) in _reached or any(
+            host_status.suits(host, self.target_session_attrs) for host in self.hosts
+        )
 
     def ordered_hosts(self) -> tuple[Host, ...]:
         if self.policy.host_recheck > 0:
@@ -126,20 +150,27 @@ class Connector:
         params: Mapping[str, Any],
         deadline: float | None = None,
         keep_waiting: Callable[[], bool] = lambda: True,
+        once: bool = False,
     ) -> Landing:
         """A connection to a suitable server, waiting for one until ``deadline``.
 
         Raises the driver's OperationalError, one line per host, when every
         host refused for good, or at the deadline (default: ``retry_timeout``
-        from now). ``deadline=None`` and ``keep_waiting`` let a pool's worker
-        wait for as long as the pool is open.
+        from now). ``deadline=math.inf`` and ``keep_waiting`` let a pool's
+        worker wait for as long as the pool is open. ``once``: one pass, no
+        wait (the deadline is now).
         """
         started = time.monotonic()
+        if once:
+            deadline = started
+        elif deadline is None:
+            deadline = started + self.policy.retry_timeout
         call = _Call(
             {k: v for k, v in params.items() if k not in _HOST_KEYWORDS},
             started,
-            started + self.policy.retry_timeout if deadline is None else deadline,
+            deadline,
             keep_waiting,
+            "no suitable host in one pass" if once else "retry_timeout reached",
         )
         first: Outcome | None = None
         watcher, search_end = self._search_under_way(call.params)
@@ -223,6 +254,7 @@ class Connector:
         if call.passes > 1 or result.failures:
             self._forget_failures(call.params)  # they describe an outage now over
         self.failing = self.refused_for_good = False
+        _reached.add((self.hosts, self.target_session_attrs))
         landing = result.landing
         assert landing is not None
         landing.passes, landing.elapsed = call.passes, call.elapsed()
@@ -266,7 +298,7 @@ class Connector:
                 call.passes,
                 elapsed,
             )
-            raise self._error(call.passes, elapsed, "retry_timeout reached") from cause
+            raise self._error(call.passes, elapsed, call.out_of_time) from cause
         if call.passes == 1 or logger.isEnabledFor(logging.DEBUG):
             logger.log(
                 logging.WARNING if call.passes == 1 else logging.DEBUG,
@@ -288,6 +320,7 @@ class Connector:
             params.get("dbname"),
             params.get("user"),
             params.get("password"),
+            self.password.identity if self.password is not None else None,
         )
 
     def _watcher(self, params: Mapping[str, Any]) -> search.Watcher:
@@ -314,10 +347,12 @@ class Connector:
         watcher = self.watcher
         if watcher is None:
             # Another connector (another thread's wrapper) of the same list may have.
-            if not search.watchers:  # no host list of the process has waited yet
+            made = search.watchers_made
+            if made == self._watchers_seen:  # none made since this list had none
                 return None, None
             watcher = search.known_watcher(self._key(params))
             if watcher is None:
+                self._watchers_seen = made
                 return None, None
             self.watcher = watcher
         end = search.search_under_way(watcher)

@@ -22,8 +22,22 @@ from .patroni import PatroniCluster, load_lab
 
 
 def databases_snippet(cluster: Lab) -> str:
+    """Settings to paste: the database, the app (its system checks, ``pg_hosts``), and the
+    backend's log lines on the console (what it does at a failover)."""
     hosts = ",\n".join(f'            "{h}"' for h in cluster.hosts())
-    return f"""DATABASES = {{
+    return f"""INSTALLED_APPS = [
+    # ...your apps...
+    "django_pg_failover",  # its system checks and manage.py pg_hosts
+]
+
+LOGGING = {{
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {{"console": {{"class": "logging.StreamHandler"}}}},
+    "loggers": {{"django_pg_failover": {{"handlers": ["console"], "level": "INFO"}}}},
+}}
+
+DATABASES = {{
     "default": {{
         "ENGINE": "django_pg_failover",
         "NAME": "{cluster.django_database()["NAME"]}",
@@ -117,6 +131,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     print(databases_snippet(cluster))
     print("\nOr keep DATABASES = {'default': django_pg_failover.config()} and set:\n")
     print(database_url_line(cluster))
+    print(
+        "\nThe ports are new at each `lab start` (free ones, picked then): after a restart,"
+        "\nrun the export line again, or paste the HOST list again."
+    )
     return 0
 
 
@@ -177,7 +195,12 @@ def cmd_failover(args: argparse.Namespace) -> int:
     )
     print(
         f"{args.fault} {report.old_primary}: {report.fault_seconds * 1000:.0f} ms; "
-        f"promoted {report.new_primary}: {report.promote_seconds * 1000:.0f} ms; "
+        + (
+            f"no primary for {report.waited_seconds:.1f} s (--delay); "
+            if report.waited_seconds
+            else ""
+        )
+        + f"promoted {report.new_primary}: {report.promote_seconds * 1000:.0f} ms; "
         f"standbys follow: {report.follow_seconds * 1000:.0f} ms"
         + (
             f"; {report.old_primary} rejoined: {report.rejoin_seconds * 1000:.0f} ms"
@@ -223,15 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="A PostgreSQL primary with streaming standbys on loopback, for "
         "trying failover by hand.",
     )
-    parser.add_argument(
-        "--dir",
-        type=Path,
-        default=default_lab_dir(),
-        help="where the lab lives (default: $PG_FAILOVER_LAB_DIR or %(default)s)",
-    )
+    dir_help = f"where the lab lives (default: $PG_FAILOVER_LAB_DIR or {default_lab_dir()})"
+    parser.add_argument("--dir", type=Path, default=default_lab_dir(), help=dir_help)
+    # `lab status --dir X` works as `lab --dir X status` does: people write it after.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help=dir_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    start = commands.add_parser("start", help="build and start a lab")
+    start = commands.add_parser("start", help="build and start a lab", parents=[after])
     start.add_argument("--standbys", type=int, default=2)
     start.add_argument("--sync", action="store_true", help="synchronous replication")
     start.add_argument("--pg-version", type=int, help="PostgreSQL major version to use")
@@ -247,11 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start.set_defaults(func=cmd_start)
 
-    status = commands.add_parser("status", help="show each node's role and lag")
+    status = commands.add_parser("status", help="show each node's role and lag", parents=[after])
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
 
-    failover = commands.add_parser("failover", help="fail the primary, promote a standby")
+    failover = commands.add_parser(
+        "failover", help="fail the primary, promote a standby", parents=[after]
+    )
     failover.add_argument(
         "--fault",
         choices=["crash", "hang", "stop", "postmaster"],
@@ -271,11 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     failover.set_defaults(func=cmd_failover)
 
-    stop = commands.add_parser("stop", help="stop the lab and delete its files")
+    stop = commands.add_parser("stop", help="stop the lab and delete its files", parents=[after])
     stop.set_defaults(func=cmd_stop)
 
     prepare = commands.add_parser(
         "prepare-patroni",
+        parents=[after],
         help="check for etcd and make Patroni runnable by the server user (once)",
     )
     prepare.set_defaults(func=cmd_prepare_patroni)

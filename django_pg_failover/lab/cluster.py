@@ -67,6 +67,8 @@ class FailoverReport:
     promote_seconds: float
     follow_seconds: float
     rejoin_seconds: float | None
+    #: The wait between the fault and the promotion (``promote_delay``), as it ran.
+    waited_seconds: float = 0.0
 
 
 class Cluster(Lab):
@@ -391,7 +393,8 @@ class Cluster(Lab):
             raise LabError(f"unknown fault {fault!r}: use crash, hang or stop")
         faulted = time.monotonic()
         if promote_delay:
-            time.sleep(promote_delay)
+            time.sleep(promote_delay)  # the outage itself, not a wait for a condition
+        waited = time.monotonic()
         new = self.promote(target)
         promoted = time.monotonic()
         others = [n for n in self.standbys if n is not old]
@@ -406,9 +409,10 @@ class Cluster(Lab):
             new_primary=new.name,
             fault=fault,
             fault_seconds=faulted - started,
-            promote_seconds=promoted - faulted - promote_delay,
+            promote_seconds=promoted - waited,
             follow_seconds=followed - promoted,
             rejoin_seconds=rejoin_seconds,
+            waited_seconds=waited - faulted,
         )
 
     def switchover(self, target: Node | None = None) -> Node:

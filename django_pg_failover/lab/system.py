@@ -321,8 +321,12 @@ def cmdline(pid: int) -> list[str]:
 def stop_tree(root_pid: int, include_root: bool = True) -> list[int]:
     """SIGSTOP a process's descendants (and itself) one by one as they are found.
 
-    A stopped process cannot fork, so nothing escapes the walk. Zombies are
-    listed too: once their parent dies they may become ours (a subreaper's).
+    A stopped process cannot fork, so nothing escapes the walk: its children are
+    listed once it *is* stopped (``kill()`` returns before the signal takes
+    effect, and a fork finishing in between made a child the walk missed: a
+    backend still holding the listening socket, so that a crashed node did not
+    refuse connections). Zombies are listed too: once their parent dies they
+    may become ours (a subreaper's).
     """
     stopped: list[int] = []
     pending = [root_pid] if include_root else children_of(root_pid, zombies=True)
@@ -333,8 +337,19 @@ def stop_tree(root_pid: int, include_root: bool = True) -> list[int]:
         except ProcessLookupError:
             continue
         stopped.append(pid)
+        with suppress(LabTimeout):  # stuck in the kernel (D): list what it has now
+            wait_for(
+                lambda pid=pid: process_state(pid) in _NOT_RUNNING,
+                5,
+                f"process {pid} to stop",
+                interval=0.0005,
+            )
         pending.extend(children_of(pid, zombies=True))
     return stopped
+
+
+# Stopped (by a signal, or traced), a zombie, dead, or gone.
+_NOT_RUNNING = frozenset({"T", "t", "Z", "X", None})
 
 
 def kill_tree(root_pid: int) -> list[int]:

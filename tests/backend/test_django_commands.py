@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import django
 import pytest
 
 from django_pg_failover.drivers import get_driver
@@ -132,3 +134,66 @@ def test_bad_database_url_stops_manage_py_with_one_line_and_no_password(cluster:
     )
     assert cluster.password not in result.stderr + result.stdout
     assert "Zq7" not in result.stderr + result.stdout
+
+
+# A model whose system checks ask the server's version (Django's feature flags):
+# a virtual GeneratedField (PostgreSQL 18's, Django 6.1) and nulls_distinct
+# (PostgreSQL 15's, Django 5.0 to 6.0).
+VERSIONED_MODELS = """
+from django.db import models
+
+
+class Priced(models.Model):
+    net = models.IntegerField()
+    gross = models.GeneratedField(
+        expression=models.F("net") * 2, output_field=models.IntegerField(), db_persist=False
+    )
+
+    class Meta:
+        app_label = "versioned"
+        constraints = [
+            models.UniqueConstraint(fields=["net"], name="net_once", nulls_distinct=False)
+        ]
+"""
+
+
+@pytest.mark.skipif(django.VERSION < (5, 0), reason="GeneratedField and nulls_distinct: Django 5.0")
+def test_check_with_every_host_down_waits_one_pass_not_retry_timeout(
+    tmp_path: Path, pg_blackhole
+) -> None:
+    """Django 6.1's ``check`` asks every alias its server's version (before it, ``check
+    --database``): with every host down it fails within about connect_timeout, like
+    Django's own backend, instead of waiting retry_timeout."""
+    app = tmp_path / "versioned"
+    app.mkdir()
+    (app / "__init__.py").write_text("")
+    (app / "models.py").write_text(VERSIONED_MODELS)
+    hosts = f"127.0.0.1:{free_port()},{pg_blackhole.address}"  # refused, then hung
+    (tmp_path / "down_settings.py").write_text(
+        "SECRET_KEY = 'x'\n"
+        "INSTALLED_APPS = ['versioned']\n"
+        "DATABASES = {'default': {'ENGINE': 'django_pg_failover', 'NAME': 'app',\n"
+        f"    'USER': 'app', 'HOST': {hosts!r},\n"
+        "    'OPTIONS': {'connect_timeout': 2, 'failover': {'retry_timeout': 60}}}}\n"
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+        "DJANGO_SETTINGS_MODULE": "down_settings",
+    }
+    args = ["check"] if django.VERSION >= (6, 1) else ["check", "--database", "default"]
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert "could not connect to database alias 'default'" in result.stderr, result.stderr
+    assert "no suitable host in one pass" in result.stderr
+    assert elapsed < 15, elapsed  # one connect_timeout (2 s) and Django's start, not 60 s

@@ -189,6 +189,25 @@ def test_replay_lag_bytes_count_from_the_primarys_wal(cluster: Cluster, make_ali
     assert hosts[streaming.port]["replay_lag_bytes"] < behind
 
 
+def test_the_table_explains_an_idle_standbys_growing_lag_seconds(
+    cluster: Cluster, make_alias
+) -> None:
+    alias = make_alias()
+    cluster.primary.query("CREATE TABLE pg_hosts_idle (); DROP TABLE pg_hosts_idle")
+    cluster.wait_replayed(cluster.standbys)
+    standbys = [f"127.0.0.1:{standby.port}" for standby in cluster.standbys]
+    outcomes: list[Outcome] = []
+
+    def noted() -> bool:
+        outcomes.append(pg_hosts(cluster, alias))
+        note = outcomes[-1].stdout.splitlines()[-2]  # under the table, before "would connect"
+        return note.startswith("note: LAG BYTES 0 on") and all(s in note for s in standbys)
+
+    wait_for(noted, 15, "the note on idle standbys")
+    assert "grows while the primary commits nothing" in outcomes[-1].stdout
+    assert f"127.0.0.1:{cluster.primary.port}" not in outcomes[-1].stdout.splitlines()[-2]
+
+
 # -- faults --------------------------------------------------------------------------------
 
 

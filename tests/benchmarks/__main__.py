@@ -76,6 +76,12 @@ def main() -> int:
     parser.add_argument("--frozen-seconds", type=float, default=60.0)
     parser.add_argument("--stampede", type=int, default=200)
     parser.add_argument("--outage", type=float, default=3.0)
+    parser.add_argument(
+        "--picture-dir",
+        default=str(ROOT),
+        help="where the first 4-thread failover of each variant is drawn "
+        "(bench-failover-VARIANT.png and .svg; default: %(default)s)",
+    )
     patroni = parser.add_mutually_exclusive_group()
     patroni.add_argument("--no-patroni", action="store_true", help="skip the Patroni scenario")
     patroni.add_argument("--only-patroni", action="store_true", help="the Patroni scenario only")
@@ -95,6 +101,7 @@ def main() -> int:
             "--frozen-seconds", str(args.frozen_seconds),
             "--stampede", str(args.stampede),
             "--outage", str(args.outage),
+            "--picture-dir", args.picture_dir,
         ]  # fmt: skip
         for variant in variants:
             print(f"{variant}:", flush=True)

@@ -10,6 +10,7 @@ import argparse
 import json
 import resource
 import sys
+from pathlib import Path
 
 from django_pg_failover.lab import Cluster
 
@@ -72,7 +73,14 @@ def run(cluster: Cluster, pool: bool, args: argparse.Namespace) -> dict:
     result["frozen_host"] = scenarios.frozen_host_steady(cluster, args.frozen_seconds, pool)
     for threads in (1, 4):
         say(f"failover under load, {threads} thread(s), {args.failovers} failovers")
-        result[f"failover_{threads}"] = scenarios.failovers(cluster, threads, args.failovers, pool)
+        picture = (
+            Path(args.picture_dir) / f"bench-failover-{args.variant.replace('+', '-')}"
+            if args.picture_dir and threads == 4
+            else None
+        )
+        result[f"failover_{threads}"] = scenarios.failovers(
+            cluster, threads, args.failovers, pool, picture
+        )
     if not pool:
         say("persistent connections through a failover, 4 threads, no health checks")
         result["persistent_failover"] = scenarios.persistent_failover(cluster, 4)
@@ -93,6 +101,7 @@ def main() -> int:
     parser.add_argument("--stampede", type=int, default=200)
     parser.add_argument("--outage", type=float, default=3.0)
     parser.add_argument("--rss-only", choices=SIDES, help="peak RSS of one backend's work")
+    parser.add_argument("--picture-dir", help="draw the first 4-thread failover there")
     args = parser.parse_args()
     cluster = Cluster.load(args.lab)
     pool = args.variant.endswith("+pool")

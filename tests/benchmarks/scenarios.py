@@ -12,13 +12,16 @@ same fault at the same time.
 from __future__ import annotations
 
 import statistics
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from django_pg_failover.lab import Cluster
+from django_pg_failover.lab.picture import PictureUnavailable, Timeline, draw
 
 from . import django_setup
 
@@ -307,7 +310,12 @@ class Load:
 
 
 def one_failover(
-    cluster: Cluster, threads: int, promote_delay: float, databases: dict, pause: float = 0.01
+    cluster: Cluster,
+    threads: int,
+    promote_delay: float,
+    databases: dict,
+    pause: float = 0.01,
+    picture: Path | None = None,
 ) -> dict:
     for side, database in databases.items():
         django_setup.set_alias(side, database)
@@ -318,18 +326,36 @@ def one_failover(
         for side in databases
         for _ in range(threads)
     ]
+    began = time.monotonic()
     for worker in workers:
         worker.start()
     time.sleep(1.0)
-    cluster.crash(cluster.primary)
+    crashed_node = cluster.primary
+    killed = time.monotonic()  # the picture's mark: kill -9 takes a while on a busy machine
+    cluster.crash(crashed_node)
     crashed = time.monotonic()  # units that began before this may have reached the old primary
     time.sleep(promote_delay)
-    cluster.promote()
+    new_primary = cluster.promote()
     promoted = time.monotonic()
     time.sleep(1.5)
     stop.set()
     for worker in workers:
         worker.join(60)
+    if picture is not None:
+        marks = [
+            (killed - began, f"kill -9 {crashed_node.name} (primary)"),
+            (promoted - began, f"promoted {new_primary.name}"),
+        ]
+        label = {"ours": "django_pg_failover", "stock": "Django's postgresql backend"}
+        timelines = [
+            Timeline(label[side], [(u.ended - began, u.ok) for u in loads[side].units], marks)
+            for side in ("ours", "stock")
+        ]
+        title = f"failover under load, {threads} thread(s) per backend, requests per 100 ms"
+        try:
+            draw(timelines, title, picture)
+        except PictureUnavailable as exc:
+            print(f"  {exc}", file=sys.stderr, flush=True)
     result = {}
     for side, load in loads.items():
         after = [u for u in load.units if u.started >= crashed]
@@ -342,15 +368,20 @@ def one_failover(
     return result
 
 
-def failovers(cluster: Cluster, threads: int, times: int, pool: bool) -> dict:
+def failovers(
+    cluster: Cluster, threads: int, times: int, pool: bool, picture: Path | None = None
+) -> dict:
+    """``times`` failovers, both backends under the same load; the first one drawn into
+    ``picture`` (.png and .svg) when given."""
     databases = {
         "stock": django_setup.stock(cluster, pool=pool),
         "ours": django_setup.ours(cluster, pool=pool),
     }
     runs = []
-    for _ in range(times):
+    for number in range(times):
         cluster.reset()
-        runs.append(one_failover(cluster, threads, promote_delay=1.0, databases=databases))
+        drawn = picture if number == 0 else None
+        runs.append(one_failover(cluster, threads, 1.0, databases, picture=drawn))
     summary = {}
     for side in SIDES:
         firsts = [r[side]["first_write_after_promotion_s"] for r in runs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -263,9 +264,13 @@ def test_database_settings_point_at_every_node(pg_cluster: Cluster) -> None:
 # -- command line and binaries ------------------------------------------------------------
 
 
-def run_lab(*args: str, lab_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run_lab(
+    *args: str, lab_dir: Path, dir_after: bool = False, **env: str
+) -> subprocess.CompletedProcess[str]:
+    where = ["--dir", str(lab_dir)]
+    command = [*args, *where] if dir_after else [*where, *args]
     return subprocess.run(
-        [sys.executable, "-m", "django_pg_failover.lab", "--dir", str(lab_dir), *args],
+        [sys.executable, "-m", "django_pg_failover.lab", *command],
         capture_output=True,
         text=True,
         timeout=120,
@@ -282,8 +287,16 @@ def test_command_line_start_status_failover_stop(pg_lab: Cluster, tmp_path_facto
         assert '"ENGINE": "django_pg_failover"' in started.stdout
         password = (lab_dir / "password").read_text()
         assert password not in started.stdout
+        # The settings snippet is whole: it runs as printed, and names the app and a logger.
+        snippet = started.stdout.split("Paste into your settings:")[1].split("\nOr keep")[0]
+        settings: dict[str, object] = {}
+        exec(snippet, settings)
+        assert "django_pg_failover" in settings["INSTALLED_APPS"]  # type: ignore[operator]
+        assert "django_pg_failover" in settings["LOGGING"]["loggers"]  # type: ignore[index]
+        assert settings["DATABASES"]["default"]["PASSWORD"] == password  # type: ignore[index]
+        assert "The ports are new at each `lab start`" in started.stdout
         # The DATABASE_URL line works as printed, in a shell.
-        export = started.stdout.strip().splitlines()[-1]
+        (export,) = [line for line in started.stdout.splitlines() if line.startswith("export ")]
         assert export.startswith('export DATABASE_URL="postgresql://app:$(cat ')
         shell = subprocess.run(
             ["sh", "-c", f'{export}; printf %s "$DATABASE_URL"'],
@@ -293,12 +306,13 @@ def test_command_line_start_status_failover_stop(pg_lab: Cluster, tmp_path_facto
         )
         assert shell.stdout == Cluster.load(lab_dir).database_url()
 
-        status = run_lab("status", "--json", lab_dir=lab_dir)
+        status = run_lab("status", "--json", lab_dir=lab_dir, dir_after=True)
         assert status.returncode == 0, status.stderr
         assert '"role": "primary"' in status.stdout
 
-        failover = run_lab("failover", lab_dir=lab_dir)
+        failover = run_lab("failover", "--delay", "0.3", lab_dir=lab_dir)
         assert failover.returncode == 0, failover.stderr
+        assert re.search(r"no primary for 0\.[34] s \(--delay\); promoted n1", failover.stdout)
         cluster = Cluster.load(lab_dir)
         assert cluster.primary.name == "n1"
         assert [r.role for r in cluster.status()] == ["standby", "primary"]

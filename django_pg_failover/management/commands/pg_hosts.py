@@ -33,7 +33,8 @@ container health check.
 minus the standby's ``pg_last_wal_replay_lsn()``; ``replay_lag_seconds`` is
 the standby's ``now() - pg_last_xact_replay_timestamp()``, which also grows
 while the primary commits nothing, and is null before the standby replayed a
-commit.
+commit. The table says so under it when a standby has nothing left to replay
+(LAG BYTES 0) and its LAG SECONDS is 1 or more.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 
 from django_pg_failover import ENGINE
 from django_pg_failover.base import DatabaseWrapper
+from django_pg_failover.connecting import password as with_password
 from django_pg_failover.connecting.attempt import one_host_params
 from django_pg_failover.connecting.verdicts import server_message, unexpected_failure
 from django_pg_failover.drivers import Driver
@@ -63,6 +65,7 @@ from django_pg_failover.management.hostreport import (
     would_connect,
 )
 from django_pg_failover.settings.hosts import Host
+from django_pg_failover.settings.password import PasswordProvider, PasswordProviderError
 
 DEFAULT_TIMEOUT = 2
 # How long a look at one host may take past the connect timeout for its two queries.
@@ -130,19 +133,17 @@ class Command(BaseCommand):
             raise CommandError(f"--timeout must be a whole number of seconds >= 1, not {timeout}")
         connection = failover_connection(alias)
         try:
-            conn_params = connection.failover_connection_params()
+            report, chosen = look(connection, timeout)
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
-        target_session_attrs = conn_params["target_session_attrs"]
-        # The order the backend would try them now (host status memory applied).
-        hosts = connection.connector.ordered_hosts()
-        reports = report_hosts(hosts, conn_params, timeout, connection.driver)
-        chosen = would_connect(reports, target_session_attrs)
-        report = build_report(alias, target_session_attrs, reports, chosen)
+        target_session_attrs = report["target_session_attrs"]
         if options["json"]:
             self.stdout.write(json.dumps(report, indent=2))
         else:
             self.stdout.write(render_table(report["hosts"]))
+            note = idle_lag_note(report["hosts"])
+            if note:
+                self.stdout.write(note)
             if chosen is not None:
                 self.stdout.write(f"would connect to {chosen.host} ({chosen.role})")
         if chosen is None:
@@ -164,8 +165,29 @@ def failover_connection(alias: str) -> DatabaseWrapper:
 # -- probing ---------------------------------------------------------------------
 
 
+def look(connection: DatabaseWrapper, timeout: int) -> tuple[dict[str, Any], HostReport | None]:
+    """One look at every host of the alias: the ``--json`` object, and the host it would use.
+
+    What the command prints and what the health check (:mod:`django_pg_failover.health`)
+    judges: one source for both. Raises ImproperlyConfigured for bad settings.
+    """
+    conn_params = connection.failover_connection_params()
+    target_session_attrs = conn_params["target_session_attrs"]
+    # The order the backend would try them now (host status memory applied).
+    hosts = connection.connector.ordered_hosts()
+    reports = report_hosts(
+        hosts, conn_params, timeout, connection.driver, connection.failover_settings.password
+    )
+    chosen = would_connect(reports, target_session_attrs)
+    return build_report(connection.alias, target_session_attrs, reports, chosen), chosen
+
+
 def report_hosts(
-    hosts: Sequence[Host], conn_params: Mapping[str, Any], timeout: int, driver: Driver
+    hosts: Sequence[Host],
+    conn_params: Mapping[str, Any],
+    timeout: int,
+    driver: Driver,
+    password: PasswordProvider | None = None,
 ) -> list[HostReport]:
     """Probe every host in its own thread; give up on those still busy after the timeout.
 
@@ -178,7 +200,8 @@ def report_hosts(
 
     def run(host: Host) -> None:
         try:
-            results[host] = report_host(host, one_host_params(conn_params, host, timeout), driver)
+            params = one_host_params(conn_params, host, timeout)
+            results[host] = report_host(host, params, driver, password)
         except Exception as exc:  # a bug: raised again below, not lost in the thread
             crashes.append(exc)
 
@@ -200,10 +223,17 @@ def report_hosts(
     ]
 
 
-def report_host(host: Host, params: Mapping[str, Any], driver: Driver) -> HostReport:
+def report_host(
+    host: Host,
+    params: Mapping[str, Any],
+    driver: Driver,
+    password: PasswordProvider | None = None,
+) -> HostReport:
     """Connect straight to one host, time a ``SELECT 1``, and read its replication state."""
     try:
-        connection = driver.connect(params)
+        connection = with_password.connect(driver, params, password)
+    except PasswordProviderError as exc:
+        return HostReport(host, reachable=False, error=exc.reason)
     except driver.module.Error as exc:
         return HostReport(
             host, reachable=False, error=server_message(driver.connect_failure_reason(exc))
@@ -308,6 +338,34 @@ def _table_row(host: Mapping[str, Any]) -> tuple[str, ...]:
         _cell(host["replay_lag_seconds"], "{:.3f}"),
         _cell(host["rtt_ms"], "{:.2f}"),
         "*" if host["would_connect"] else "",
+    )
+
+
+#: A standby's LAG SECONDS counts from its last replayed commit: past this, on a
+#: standby with nothing left to replay, the table says why the figure grows.
+IDLE_LAG_NOTE_SECONDS = 1.0
+
+
+def idle_lag_note(hosts: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why a caught-up standby's LAG SECONDS grows: the primary commits nothing.
+
+    Operators read a growing LAG SECONDS as a standby falling behind; with LAG
+    BYTES at 0 it has replayed everything the primary wrote, and the seconds
+    only count from the last commit there was to replay.
+    """
+    idle = [
+        f"{host['host']}:{host['port']}"
+        for host in hosts
+        if host["replay_lag_bytes"] == 0
+        and host["replay_lag_seconds"] is not None
+        and host["replay_lag_seconds"] >= IDLE_LAG_NOTE_SECONDS
+    ]
+    if not idle:
+        return None
+    return (
+        f"note: LAG BYTES 0 on {', '.join(idle)}: replayed all the primary wrote. "
+        "LAG SECONDS counts from the last commit replayed and grows while the primary "
+        "commits nothing: not a standby falling behind."
     )
 
 
