@@ -51,8 +51,9 @@ from typing import TYPE_CHECKING, Any
 from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from django_pg_failover.connecting.memory import HostState
-from django_pg_failover.connecting.roles import reported_role, suits
+from django_pg_failover.connecting.memory import HostState, host_status
+from django_pg_failover.connecting.roles import Role, reported_role, suits
+from django_pg_failover.connecting.trust import verified_role
 from django_pg_failover.losing.inherited import let_go
 from django_pg_failover.losing.liveness import idle_connection_failure
 from django_pg_failover.losing.loss import announce
@@ -174,12 +175,19 @@ class FailoverPool(ConnectionPool):
         A connection that fails is closed here, with its idle siblings, so that
         psycopg_pool discards it (and hands out the next at once).
         """
-        driver = self.connector.driver
+        connector = self.connector
+        driver = connector.driver
         try:
-            self.check_connection(connection)  # one round trip
-            # The round trip brought the server's settings up to date.
-            role = reported_role(driver, connection)
-            if role is not None and not suits(role, self.connector.target_session_attrs):
+            landing = getattr(connection, "_pg_failover_landing", None)
+            host = landing.host if landing is not None else None
+            if host is not None and (connector.ask_every_host or host in host_status.distrusted):
+                # The one round trip asks the role: a pooler may replay a stale report.
+                role: Role | None = verified_role(driver, connection, host)
+            else:
+                self.check_connection(connection)  # one round trip
+                # The round trip brought the server's settings up to date.
+                role = reported_role(driver, connection)
+            if role is not None and not suits(role, connector.target_session_attrs):
                 raise driver.operational_error(f"the server is now a {role.value}")
             if self._user_check is not None:
                 self._user_check(connection)
@@ -193,7 +201,9 @@ class FailoverPool(ConnectionPool):
         driver = connector.driver
         landing = getattr(connection, "_pg_failover_landing", None)
         server = landing.host if landing is not None else Host(*driver.landed_on(connection))
-        role = None if driver.is_closed(connection) else reported_role(driver, connection)
+        # A report is stale behind a pooler whose host was found out (connecting.trust).
+        believed = server not in host_status.distrusted and not driver.is_closed(connection)
+        role = reported_role(driver, connection) if believed else None
         driver.close_quietly(connection)
         if give_back:
             self.putconn(connection)  # closed: discarded and replaced

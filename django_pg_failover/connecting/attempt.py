@@ -4,7 +4,8 @@ The backend does not hand libpq the whole host list. libpq stops at the first
 server that refuses the connection (a ``pg_hba.conf`` line, a wrong password)
 even when the next host could serve, and reports each host's failure only
 when all fail. One host at a time gives an exact verdict per host
-(:mod:`.verdicts`) and the server's role (:mod:`.roles`).
+(:mod:`.verdicts`) and the server's role (:mod:`.roles`), reported or asked
+(:mod:`.trust`).
 
 An attempt records what it learned in the host memory (:mod:`.memory`): a
 host that did not answer, a role. A refusal of the alias's credentials says
@@ -24,6 +25,7 @@ from typing import Any
 from django_pg_failover.background import fork_gate
 from django_pg_failover.connecting.memory import host_status
 from django_pg_failover.connecting.roles import Role, asked_role, reported_role
+from django_pg_failover.connecting.trust import verified_role
 from django_pg_failover.connecting.verdicts import (
     Verdict,
     connect_verdict,
@@ -84,11 +86,14 @@ class Landing:
 Outcome = Landing | HostFailure
 
 
-def attempt(driver: Driver, host: Host, params: Mapping[str, Any], recheck: float) -> Outcome:
+def attempt(
+    driver: Driver, host: Host, params: Mapping[str, Any], recheck: float, ask: bool = False
+) -> Outcome:
     """Connect to one host and learn its role; record what that says about it.
 
     ``params`` are the alias's connection parameters without any host (the
-    caller strips them); ``recheck`` is how long the memory keeps a record.
+    caller strips them); ``recheck`` is how long the memory keeps a record;
+    ``ask``: the role is asked with a query, not believed as reported (:mod:`.trust`).
     """
     began = time.monotonic()
     try:
@@ -104,7 +109,11 @@ def attempt(driver: Driver, host: Host, params: Mapping[str, Any], recheck: floa
         host_status.record_down(host, recheck)
         return HostFailure(host, unexpected_failure(exc), Verdict.UNREACHABLE, exc)
     try:
-        role = reported_role(driver, connection) or asked_role(connection)
+        # (Inline, no call added: every connect runs it. The rules: connecting.trust.)
+        if ask:
+            role = verified_role(driver, connection, host)
+        else:
+            role = reported_role(driver, connection) or asked_role(connection)
     except Exception as exc:  # the server went away at once
         driver.close_quietly(connection)
         host_status.record_down(host, recheck)

@@ -37,6 +37,7 @@ from django_pg_failover.connecting.attempt import HostFailure, Landing, Outcome,
 from django_pg_failover.connecting.memory import host_status
 from django_pg_failover.connecting.race import PassResult, Race
 from django_pg_failover.connecting.roles import suits
+from django_pg_failover.connecting.trust import QUERY, verified_role
 from django_pg_failover.drivers import Driver
 from django_pg_failover.settings.hosts import Host
 from django_pg_failover.settings.policy import FailoverPolicy
@@ -56,7 +57,7 @@ _connecting_inline: dict[Host, float] = {}
 _reached: set[tuple[tuple[Host, ...], str]] = set()
 
 # Connection keywords each attempt sets itself.
-_HOST_KEYWORDS = ("host", "port", "hostaddr", "target_session_attrs", "load_balance_hosts")
+HOST_KEYWORDS = ("host", "port", "hostaddr", "target_session_attrs", "load_balance_hosts")
 
 
 @dataclass
@@ -110,6 +111,8 @@ class Connector:
         self.policy = policy
         self.shuffle = shuffle
         self.attempt_delay = attempt_delay
+        #: role_check="query": every new connection's role is asked (connecting.trust).
+        self.ask_every_host = policy.role_check == QUERY
         #: The latest failure of each host (for a pool's waiting clients).
         self.last_failures: list[HostFailure] = []
         #: The last connect has not found a server yet, or gave up.
@@ -120,8 +123,11 @@ class Connector:
         self.watcher: search.Watcher | None = None
 
     def attempt(self, host: Host, params: Mapping[str, Any]) -> Outcome:
-        """One attempt at ``host`` (:func:`.attempt.attempt`)."""
-        return attempt(self.driver, host, params, self.policy.host_recheck)
+        """One attempt at ``host`` (:func:`.attempt.attempt`); its role asked when
+        ``role_check`` says so or the host's reports were contradicted (:mod:`.trust`)."""
+        # The rule of trust.must_ask(), inline: every connect runs it.
+        ask = self.ask_every_host or host in host_status.distrusted
+        return attempt(self.driver, host, params, self.policy.host_recheck, ask)
 
     @property
     def reached_before(self) -> bool:
@@ -160,7 +166,7 @@ class Connector:
         elif deadline is None:
             deadline = started + self.policy.retry_timeout
         call = _Call(
-            {k: v for k, v in params.items() if k not in _HOST_KEYWORDS},
+            {k: v for k, v in params.items() if k not in HOST_KEYWORDS},
             started,
             deadline,
             keep_waiting,
@@ -324,6 +330,7 @@ class Connector:
                 target_session_attrs=self.target_session_attrs,
                 policy=self.policy,
                 attempt=functools.partial(self._attempt_with, dict(params)),
+                ask=functools.partial(verified_role, self.driver),
                 close=self.driver.close_quietly,
             )
             # Remembered (one alias's settings in one thread: one key), for the
@@ -332,7 +339,9 @@ class Connector:
         return self.watcher
 
     def _attempt_with(self, params: Mapping[str, Any], host: Host) -> Outcome:
-        return self.attempt(host, params)
+        """The watcher's attempts: on the failover path a round trip is cheap, and the
+        role it finds is what wakes every waiter, so it is asked, never believed."""
+        return attempt(self.driver, host, params, self.policy.host_recheck, ask=True)
 
     def _search_under_way(
         self, params: Mapping[str, Any]

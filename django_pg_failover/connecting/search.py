@@ -8,7 +8,9 @@ and host list looks for them:
 
 - it keeps a connection to each server that answers, and asks it every
   ``probe_interval`` whether it now suits ``target_session_attrs`` (one round
-  trip: a standby being promoted is seen within that interval);
+  trip: a standby being promoted is seen within that interval); the role of a
+  server it connects to is asked as well, never believed as reported (a
+  pooler may replay a stale report: :mod:`.trust`);
 - it opens a connection to a server that does not answer at most once per
   backoff step (``backoff_initial`` doubling to ``backoff_max``), one attempt
   per host at a time;
@@ -35,7 +37,7 @@ from typing import Any
 from django_pg_failover.background import workers
 from django_pg_failover.connecting.attempt import HostFailure, Landing, Outcome
 from django_pg_failover.connecting.memory import host_status
-from django_pg_failover.connecting.roles import Role, accepts_fallback, asked_role, suits
+from django_pg_failover.connecting.roles import Role, accepts_fallback, suits
 from django_pg_failover.settings.hosts import Host
 from django_pg_failover.settings.policy import FailoverPolicy
 
@@ -52,6 +54,9 @@ class HostList:
     policy: FailoverPolicy
     #: One connect attempt at a host, with the alias's parameters (:mod:`.attempt`).
     attempt: Callable[[Host], Outcome]
+    #: The role of a held connection's server, asked (one round trip), its report
+    #: compared (:func:`.trust.verified_role`).
+    ask: Callable[[Any, Host], Role]
     #: Close a connection, whatever it raises.
     close: Callable[[Any], None]
 
@@ -236,7 +241,7 @@ class Watcher:
     def _ask(self, watch: _HostWatch) -> Role | None:
         """The role of a server the watcher holds a connection to (one round trip:
         what a held connection's server reported may be stale)."""
-        return asked_role(watch.connection)
+        return self.hosts.ask(watch.connection, watch.host)
 
     def _close_when_done(self, future: Future) -> None:
         outcome = None if future.exception() else future.result()
