@@ -19,6 +19,14 @@ their own. The rules:
   within a session). A difference means the report came from elsewhere than
   the server: the host is distrusted.
 
+- A session ended by an error of a pooler's own (PgBouncer sends its errors,
+  "server login has been failing", "query_wait_timeout", "server conn
+  crashed?", as SQLSTATE 08P01, protocol violation, which a server sends
+  only to a client that broke the protocol) shows a pooler in the way: its
+  host is distrusted too. Behind a pooler whose server is down the connect
+  succeeds, with the replayed start-up message, and only the first query
+  fails; asked, such a host fails at connect time, and the next host is tried.
+
 The rule for "contradicted" is written once, in :func:`verified_role`.
 """
 
@@ -38,6 +46,8 @@ logger = logging.getLogger("django_pg_failover")
 
 #: ``OPTIONS["failover"]["role_check"]``: ask every host (settings.policy.ROLE_CHECKS).
 QUERY = "query"
+#: protocol_violation: how PgBouncer ends a client's session of its own accord.
+POOLER_ERROR = "08P01"
 
 
 def must_ask(host: Host, role_check: str) -> bool:
@@ -67,4 +77,20 @@ def contradicted(host: Host, reported: Role, asked: Role) -> None:
             host,
             reported.value,
             asked.value,
+        )
+
+
+def pooler_error(driver: Driver, error: BaseException, host: Host | None) -> None:
+    """A lost session: if a pooler ended it (see the module's rules), distrust ``host``."""
+    if (
+        host is not None
+        and driver.sqlstate(error) == POOLER_ERROR
+        and host_status.distrust_reports(host)
+    ):
+        logger.warning(
+            "%s ended a session with a connection pooler's error (SQLSTATE %s): its "
+            "role is asked with a query from now on (a pooler's start-up message may "
+            "replay a role its server no longer has)",
+            host,
+            POOLER_ERROR,
         )

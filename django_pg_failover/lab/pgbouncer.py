@@ -120,7 +120,7 @@ class Bouncer:
                 "default_pool_size = 100",
                 "server_login_retry = 1",
                 "server_connect_timeout = 3",
-                "query_wait_timeout = 15",
+                "query_wait_timeout = 5",
                 "ignore_startup_parameters = extra_float_digits",
                 "",
             ]

@@ -41,7 +41,7 @@ from django_pg_failover.connecting.attempt import Landing, attempt
 from django_pg_failover.connecting.connector import HOST_KEYWORDS
 from django_pg_failover.connecting.memory import HostState, host_status
 from django_pg_failover.connecting.roles import WRITABLE, Role, reported_role
-from django_pg_failover.connecting.trust import verified_role
+from django_pg_failover.connecting.trust import pooler_error, verified_role
 from django_pg_failover.drivers.base import TransactionStatus
 
 if TYPE_CHECKING:
@@ -112,6 +112,8 @@ class ConnectionLoss:
             demoted_to = self._demoted_to(connection)
         if not lost and demoted_to is None:
             return
+        if lost:
+            pooler_error(driver, exc, wrapper.server)
         self.report(exc, demoted_to)
         in_atomic_block = wrapper.in_atomic_block
         if in_atomic_block:
