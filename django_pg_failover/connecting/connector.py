@@ -121,6 +121,10 @@ class Connector:
         self.refused_for_good = False
         #: The process's watcher of this host list, once a connect waited for one.
         self.watcher: search.Watcher | None = None
+        #: ``search.generation`` when the process's watchers last had none of this
+        #: list: the look is not repeated on every connect (a process whose other
+        #: host lists waited once would pay it on each).
+        self._no_watcher_in = -1
 
     def attempt(self, host: Host, params: Mapping[str, Any]) -> Outcome:
         """One attempt at ``host`` (:func:`.attempt.attempt`); its role asked when
@@ -351,8 +355,12 @@ class Connector:
             # Another connector (another thread's wrapper) of the same list may have.
             if not search.watchers:  # no host list of the process has waited yet
                 return None, None
+            generation = search.generation
+            if generation == self._no_watcher_in:  # looked in vain, nothing new since
+                return None, None
             watcher = search.known_watcher(self._key(params))
             if watcher is None:
+                self._no_watcher_in = generation
                 return None, None
             self.watcher = watcher
         end = search.search_under_way(watcher)

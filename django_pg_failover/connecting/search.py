@@ -273,6 +273,9 @@ class Watcher:
 
 #: The process's watchers, by host list, target and identity.
 watchers: dict[tuple, Watcher] = {}
+#: Changes whenever ``watchers`` gains an entry (or is emptied after a fork): a
+#: connector that looked for its own watcher in vain need not look again until then.
+generation = 0
 _lock = threading.Lock()
 
 
@@ -281,7 +284,9 @@ def watcher_for(key: tuple, hosts: HostList) -> Watcher:
     with _lock:
         watcher = watchers.get(key)
         if watcher is None:
+            global generation
             watcher = watchers[key] = Watcher(key, hosts)
+            generation += 1
         return watcher
 
 
@@ -300,9 +305,10 @@ def search_under_way(watcher: Watcher) -> Future | None:
 
 
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, generation
     _lock = threading.Lock()
     watchers.clear()
+    generation += 1
 
 
 if hasattr(os, "register_at_fork"):
