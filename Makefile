@@ -8,7 +8,7 @@ ORCHESTRATOR ?= lab
 # make demo ORCHESTRATOR=patroni PROXY=haproxy: through HAProxy, steered by Patroni's REST API.
 PROXY ?=
 
-.PHONY: demo test lint bench conformance venv patroni-runtime picture
+.PHONY: demo test lint bench conformance venv patroni-runtime pooler-runtime picture
 
 # pip retries a refused connection by itself, not a registry that stalls or fails in the
 # middle of an install: the install gets a second try, and a stalled socket gives up after
@@ -47,10 +47,20 @@ patroni-runtime:
 		apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; } || true
 	@$(PY) -m django_pg_failover.lab prepare-patroni
 
+# What the pooler tests need beyond pip: PgBouncer (Debian's, installed here when it is
+# missing and we are root). Not fatal: without it only the pooler tests fail, saying how
+# to get it.
+pooler-runtime:
+	@$(PY) -c 'from django_pg_failover.lab.pgbouncer import find_pgbouncer; find_pgbouncer()' \
+		2>/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq pgbouncer >/dev/null; } || \
+		echo "warning: the pooler tests cannot run (no pgbouncer, see docs/poolers.rst)" >&2
+
 venv: $(VENV)/.installed
 
 # The whole suite once per driver: psycopg 3 (Django's choice when installed), then psycopg2.
-test: venv $(VENV)/.patroni-ready
+test: venv $(VENV)/.patroni-ready pooler-runtime
 	$(PY) -m pytest --driver=psycopg $(PYTEST_ARGS)
 	$(PY) -m pytest --driver=psycopg2 $(PYTEST_ARGS)
 

@@ -51,8 +51,9 @@ from typing import TYPE_CHECKING, Any
 from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from django_pg_failover.connecting.memory import HostState
-from django_pg_failover.connecting.roles import reported_role, suits
+from django_pg_failover.connecting.memory import HostState, host_status
+from django_pg_failover.connecting.roles import Role, reported_role, suits
+from django_pg_failover.connecting.trust import pooler_error, verified_role
 from django_pg_failover.losing.inherited import let_go
 from django_pg_failover.losing.liveness import idle_connection_failure
 from django_pg_failover.losing.loss import announce
@@ -100,6 +101,9 @@ class FailoverPool(ConnectionPool):
         # as with Django's pool; ours also refuses a server that changed role.
         if health_checks:
             check = self._health_check
+        self._configure_session = options.pop("configure", None)
+        if self._configure_session is not None:
+            options["configure"] = self._configure_new
         super().__init__(kwargs=dict(kwargs), check=check, **options)
         self.connection_class = _Opener(self)  # type: ignore[assignment]
 
@@ -119,6 +123,25 @@ class FailoverPool(ConnectionPool):
         # learns its server and session from it.
         landing.connection._pg_failover_landing = landing
         return landing.connection
+
+    def _configure_new(self, connection: Any) -> None:
+        """Django's set-up of a new connection (its first queries), run by psycopg_pool.
+
+        A session lost there is its server's failure, as a wrapper's lost session
+        is: the host is remembered down, so that the pool's next connect goes
+        elsewhere. (Behind a pooler whose server is down, the connect itself
+        succeeds with a replayed start-up message; only the first query fails.)
+        """
+        assert self._configure_session is not None
+        try:
+            self._configure_session(connection)
+        except Exception as exc:
+            landing = getattr(connection, "_pg_failover_landing", None)
+            driver = self.connector.driver
+            if landing is not None and driver.connection_lost(exc, connection):
+                pooler_error(driver, exc, landing.host)
+                host_status.record_down(landing.host, self.connector.policy.host_recheck)
+            raise
 
     def _turn_waiters_away(self) -> None:
         """Every host refused for good: no request waits for a connection.
@@ -174,12 +197,19 @@ class FailoverPool(ConnectionPool):
         A connection that fails is closed here, with its idle siblings, so that
         psycopg_pool discards it (and hands out the next at once).
         """
-        driver = self.connector.driver
+        connector = self.connector
+        driver = connector.driver
         try:
-            self.check_connection(connection)  # one round trip
-            # The round trip brought the server's settings up to date.
-            role = reported_role(driver, connection)
-            if role is not None and not suits(role, self.connector.target_session_attrs):
+            landing = getattr(connection, "_pg_failover_landing", None)
+            host = landing.host if landing is not None else None
+            if host is not None and (connector.ask_every_host or host in host_status.distrusted):
+                # The one round trip asks the role: a pooler may replay a stale report.
+                role: Role | None = verified_role(driver, connection, host)
+            else:
+                self.check_connection(connection)  # one round trip
+                # The round trip brought the server's settings up to date.
+                role = reported_role(driver, connection)
+            if role is not None and not suits(role, connector.target_session_attrs):
                 raise driver.operational_error(f"the server is now a {role.value}")
             if self._user_check is not None:
                 self._user_check(connection)
@@ -193,7 +223,10 @@ class FailoverPool(ConnectionPool):
         driver = connector.driver
         landing = getattr(connection, "_pg_failover_landing", None)
         server = landing.host if landing is not None else Host(*driver.landed_on(connection))
-        role = None if driver.is_closed(connection) else reported_role(driver, connection)
+        pooler_error(driver, failure, server)
+        # A report is stale behind a pooler whose host was found out (connecting.trust).
+        believed = server not in host_status.distrusted and not driver.is_closed(connection)
+        role = reported_role(driver, connection) if believed else None
         driver.close_quietly(connection)
         if give_back:
             self.putconn(connection)  # closed: discarded and replaced

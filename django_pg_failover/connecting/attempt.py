@@ -4,7 +4,8 @@ The backend does not hand libpq the whole host list. libpq stops at the first
 server that refuses the connection (a ``pg_hba.conf`` line, a wrong password)
 even when the next host could serve, and reports each host's failure only
 when all fail. One host at a time gives an exact verdict per host
-(:mod:`.verdicts`) and the server's role (:mod:`.roles`).
+(:mod:`.verdicts`) and the server's role (:mod:`.roles`), reported or asked
+(:mod:`.trust`).
 
 An attempt records what it learned in the host memory (:mod:`.memory`): a
 host that did not answer, a role. A refusal of the alias's credentials says
@@ -25,6 +26,7 @@ from django_pg_failover.background import fork_gate
 from django_pg_failover.connecting import password as with_password
 from django_pg_failover.connecting.memory import host_status
 from django_pg_failover.connecting.roles import Role, asked_role, reported_role
+from django_pg_failover.connecting.trust import verified_role
 from django_pg_failover.connecting.verdicts import (
     Verdict,
     connect_verdict,
@@ -92,12 +94,14 @@ def attempt(
     params: Mapping[str, Any],
     recheck: float,
     password: PasswordProvider | None = None,
+    ask: bool = False,
 ) -> Outcome:
     """Connect to one host and learn its role; record what that says about it.
 
     ``params`` are the alias's connection parameters without any host (the
     caller strips them); ``recheck`` is how long the memory keeps a record;
-    ``password``: the alias's password provider (:mod:`.password`), if any.
+    ``password``: the alias's password provider (:mod:`.password`), if any;
+    ``ask``: the role is asked with a query, not believed as reported (:mod:`.trust`).
     """
     began = time.monotonic()
     try:
@@ -121,7 +125,11 @@ def attempt(
         host_status.record_down(host, recheck)
         return HostFailure(host, unexpected_failure(exc), Verdict.UNREACHABLE, exc)
     try:
-        role = reported_role(driver, connection) or asked_role(connection)
+        # (Inline, no call added: every connect runs it. The rules: connecting.trust.)
+        if ask:
+            role = verified_role(driver, connection, host)
+        else:
+            role = reported_role(driver, connection) or asked_role(connection)
     except Exception as exc:  # the server went away at once
         driver.close_quietly(connection)
         host_status.record_down(host, recheck)

@@ -37,6 +37,7 @@ from django_pg_failover.connecting.attempt import HostFailure, Landing, Outcome,
 from django_pg_failover.connecting.memory import host_status
 from django_pg_failover.connecting.race import PassResult, Race
 from django_pg_failover.connecting.roles import suits
+from django_pg_failover.connecting.trust import QUERY, verified_role
 from django_pg_failover.drivers import Driver
 from django_pg_failover.settings.hosts import Host
 from django_pg_failover.settings.password import PasswordProvider
@@ -57,7 +58,7 @@ _connecting_inline: dict[Host, float] = {}
 _reached: set[tuple[tuple[Host, ...], str]] = set()
 
 # Connection keywords each attempt sets itself.
-_HOST_KEYWORDS = ("host", "port", "hostaddr", "target_session_attrs", "load_balance_hosts")
+HOST_KEYWORDS = ("host", "port", "hostaddr", "target_session_attrs", "load_balance_hosts")
 
 
 @dataclass
@@ -114,20 +115,27 @@ class Connector:
         self.attempt_delay = attempt_delay
         #: The password provider, asked at every attempt (:mod:`.password`); None: none.
         self.password = password
+        #: role_check="query": every new connection's role is asked (connecting.trust).
+        self.ask_every_host = policy.role_check == QUERY
         #: The latest failure of each host (for a pool's waiting clients).
         self.last_failures: list[HostFailure] = []
         #: The last connect has not found a server yet, or gave up.
         self.failing = False
-        #: ``search.watchers_made`` when this list last had no watcher of the process.
-        self._watchers_seen = 0
         #: ...because every host refused for good.
         self.refused_for_good = False
         #: The process's watcher of this host list, once a connect waited for one.
         self.watcher: search.Watcher | None = None
+        #: ``search.generation`` when the process's watchers last had none of this
+        #: list: the look is not repeated on every connect (a process whose other
+        #: host lists waited once would pay it on each).
+        self._no_watcher_in = -1
 
     def attempt(self, host: Host, params: Mapping[str, Any]) -> Outcome:
-        """One attempt at ``host`` (:func:`.attempt.attempt`)."""
-        return attempt(self.driver, host, params, self.policy.host_recheck, self.password)
+        """One attempt at ``host`` (:func:`.attempt.attempt`); its role asked when
+        ``role_check`` says so or the host's reports were contradicted (:mod:`.trust`)."""
+        # The rule of trust.must_ask(), inline: every connect runs it.
+        ask = self.ask_every_host or host in host_status.distrusted
+        return attempt(self.driver, host, params, self.policy.host_recheck, self.password, ask)
 
     @property
     def reached_before(self) -> bool:
@@ -166,7 +174,7 @@ class Connector:
         elif deadline is None:
             deadline = started + self.policy.retry_timeout
         call = _Call(
-            {k: v for k, v in params.items() if k not in _HOST_KEYWORDS},
+            {k: v for k, v in params.items() if k not in HOST_KEYWORDS},
             started,
             deadline,
             keep_waiting,
@@ -331,6 +339,7 @@ class Connector:
                 target_session_attrs=self.target_session_attrs,
                 policy=self.policy,
                 attempt=functools.partial(self._attempt_with, dict(params)),
+                ask=functools.partial(verified_role, self.driver),
                 close=self.driver.close_quietly,
             )
             # Remembered (one alias's settings in one thread: one key), for the
@@ -339,7 +348,9 @@ class Connector:
         return self.watcher
 
     def _attempt_with(self, params: Mapping[str, Any], host: Host) -> Outcome:
-        return self.attempt(host, params)
+        """The watcher's attempts: on the failover path a round trip is cheap, and the
+        role it finds is what wakes every waiter, so it is asked, never believed."""
+        return attempt(self.driver, host, params, self.policy.host_recheck, self.password, ask=True)
 
     def _search_under_way(
         self, params: Mapping[str, Any]
@@ -347,12 +358,12 @@ class Connector:
         watcher = self.watcher
         if watcher is None:
             # Another connector (another thread's wrapper) of the same list may have.
-            made = search.watchers_made
-            if made == self._watchers_seen:  # none made since this list had none
+            generation = search.generation
+            if generation == self._no_watcher_in:  # looked in vain, nothing new since
                 return None, None
             watcher = search.known_watcher(self._key(params))
             if watcher is None:
-                self._watchers_seen = made
+                self._no_watcher_in = generation
                 return None, None
             self.watcher = watcher
         end = search.search_under_way(watcher)

@@ -11,6 +11,15 @@ lost or found read-only. A refusal of one alias's credentials (wrong
 password, no ``pg_hba.conf`` line for that user) says nothing about the server
 and is not recorded: another alias of the same process may be welcome there.
 
+A role the server reports is evidence, not proof: a pooler (PgBouncer,
+pgcat, Odyssey, RDS Proxy) replays to its clients what its first server
+connection reported, or reports nothing of its own. A host whose report was
+contradicted (asked with a query, the server gave another role) is marked
+*distrusted*: from then on, for the life of the process, its role is asked
+with a query at every connect (:mod:`.attempt`). That mark never expires:
+what made the report stale (a pooler in the way) does not go away with time,
+and the price of keeping it is one round trip per connection to that host.
+
 The memory is shared by every thread of the process and survives ``fork()``
 (gunicorn ``--preload``): the child starts with a fresh lock.
 """
@@ -84,6 +93,9 @@ class HostStatus:
         self._version = 0
         #: The last order of each host list and target: (version, valid until, order).
         self._orders: dict[tuple[tuple[Host, ...], str], tuple[int, float, tuple[Host, ...]]] = {}
+        #: Hosts whose reported role was contradicted: asked by query from now on.
+        #: Read without the lock on every connect (a set's membership test is atomic).
+        self.distrusted: set[Host] = set()
 
     def after_fork_in_child(self) -> None:
         # The parent's lock may have been held by a thread that does not exist here.
@@ -102,7 +114,17 @@ class HostStatus:
     def clear(self) -> None:
         with self._lock:
             self._records.clear()
+            self.distrusted = set()
             self._version += 1
+
+    def distrust_reports(self, host: Host) -> bool:
+        """``host`` reported a role its server contradicted when asked: ask it from now
+        on. True the first time (the caller logs it once)."""
+        with self._lock:
+            if host in self.distrusted:
+                return False
+            self.distrusted = self.distrusted | {host}  # replaced: readers take no lock
+            return True
 
     def suits(self, host: Host, target_session_attrs: str) -> bool:
         """Whether ``host`` answered lately with a role that suits (no lock: read per connect)."""

@@ -8,7 +8,9 @@ and host list looks for them:
 
 - it keeps a connection to each server that answers, and asks it every
   ``probe_interval`` whether it now suits ``target_session_attrs`` (one round
-  trip: a standby being promoted is seen within that interval);
+  trip: a standby being promoted is seen within that interval); the role of a
+  server it connects to is asked as well, never believed as reported (a
+  pooler may replay a stale report: :mod:`.trust`);
 - it replaces a connection whose server has not suited for ``backoff_max``
   with a new one to the same host entry: the entry may be an address that
   moves to the new primary (a virtual IP, a DNS name, a proxy) and leads
@@ -41,7 +43,7 @@ from typing import Any
 from django_pg_failover.background import workers
 from django_pg_failover.connecting.attempt import HostFailure, Landing, Outcome
 from django_pg_failover.connecting.memory import host_status
-from django_pg_failover.connecting.roles import Role, accepts_fallback, asked_role, suits
+from django_pg_failover.connecting.roles import Role, accepts_fallback, suits
 from django_pg_failover.settings.hosts import Host
 from django_pg_failover.settings.policy import FailoverPolicy
 
@@ -58,6 +60,9 @@ class HostList:
     policy: FailoverPolicy
     #: One connect attempt at a host, with the alias's parameters (:mod:`.attempt`).
     attempt: Callable[[Host], Outcome]
+    #: The role of a held connection's server, asked (one round trip), its report
+    #: compared (:func:`.trust.verified_role`).
+    ask: Callable[[Any, Host], Role]
     #: Close a connection, whatever it raises.
     close: Callable[[Any], None]
 
@@ -258,7 +263,7 @@ class Watcher:
     def _ask(self, watch: _HostWatch) -> Role | None:
         """The role of a server the watcher holds a connection to (one round trip:
         what a held connection's server reported may be stale)."""
-        return asked_role(watch.connection)
+        return self.hosts.ask(watch.connection, watch.host)
 
     def _close_when_done(self, future: Future) -> None:
         outcome = None if future.exception() else future.result()
@@ -291,20 +296,20 @@ class Watcher:
 
 #: The process's watchers, by host list, target and identity.
 watchers: dict[tuple, Watcher] = {}
-#: How many watchers the process has made: a connect that found none of its own
-#: list does not look again until this changes (no key built per connect).
-watchers_made = 0
+#: Changes whenever ``watchers`` gains an entry (or is emptied after a fork): a
+#: connector that looked for its own watcher in vain need not look again until then.
+generation = 0
 _lock = threading.Lock()
 
 
 def watcher_for(key: tuple, hosts: HostList) -> Watcher:
     """The process's watcher for a host list, target and identity (``key``)."""
-    global watchers_made
     with _lock:
         watcher = watchers.get(key)
         if watcher is None:
+            global generation
             watcher = watchers[key] = Watcher(key, hosts)
-            watchers_made += 1
+            generation += 1
         return watcher
 
 
@@ -323,9 +328,10 @@ def search_under_way(watcher: Watcher) -> Future | None:
 
 
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, generation
     _lock = threading.Lock()
     watchers.clear()
+    generation += 1
 
 
 if hasattr(os, "register_at_fork"):

@@ -15,6 +15,11 @@ Fixtures:
     the snapshot when the test leaves it changed.
 ``pg_cluster_factory``
     Builds extra clusters (``standbys=``, ``synchronous=``) closed after the test.
+``pg_bouncers``
+    A PgBouncer (session pooling) in front of each node of ``pg_cluster``, for
+    one test (:class:`~django_pg_failover.lab.pgbouncer.Bouncers`): started
+    fresh, so that no test inherits what another made them replay. Without a
+    pgbouncer program the test errors, saying how to get one.
 ``pg_blackhole``
     A loopback address that accepts TCP connections and never answers.
 ``pg_patroni``
@@ -38,6 +43,7 @@ import pytest
 
 if TYPE_CHECKING:
     from . import Blackhole, Cluster, PatroniCluster, PgInstall
+    from .pgbouncer import Bouncers
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -169,6 +175,15 @@ def pg_cluster_factory(pg_lab: Cluster) -> Iterator[Callable[..., Cluster]]:
     _close_django_connections()
     for cluster in created:
         cluster.close()
+
+
+@pytest.fixture
+def pg_bouncers(pg_cluster: Cluster) -> Iterator[Bouncers]:
+    from .pgbouncer import Bouncers
+
+    with Bouncers.start(pg_cluster) as bouncers:
+        yield bouncers
+    _close_django_connections()
 
 
 @pytest.fixture

@@ -6,6 +6,13 @@ The rules (written down in docs/failover.rst, each tested on the lab):
   server shut down) or its server turned read-only under a read-write session
   (a demotion, or fencing) closes the connection. The error still reaches the
   caller; nothing is re-run here.
+- A read-only error on a read-write session whose server reports itself
+  writable is settled by asking the server (the session when it can answer, a
+  new connection to the same host when its transaction failed): a server that
+  is read-only after all was reported stale (a pooler replaying old start-up
+  parameters), and its host is asked by query from then on
+  (:mod:`..connecting.trust`); one that is writable had the transaction made
+  read-only by the code, and the connection stays.
 - Outside an atomic block, in autocommit mode, the next database use connects
   anew (to the new primary).
 - Inside an atomic block the transaction is lost: no new connection opens
@@ -30,13 +37,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 from django.db.utils import OperationalError, ProgrammingError
 
 from django_pg_failover import signals
+from django_pg_failover.connecting.attempt import Landing, attempt
+from django_pg_failover.connecting.connector import HOST_KEYWORDS
 from django_pg_failover.connecting.memory import HostState, host_status
 from django_pg_failover.connecting.roles import WRITABLE, Role, reported_role
+from django_pg_failover.connecting.trust import pooler_error, verified_role
+from django_pg_failover.drivers.base import TransactionStatus
 
 if TYPE_CHECKING:
     from django_pg_failover.drivers import Driver
     from django_pg_failover.settings.hosts import Host
     from django_pg_failover.settings.policy import FailoverPolicy
+    from django_pg_failover.settings.conf import FailoverSettings
 
 logger = logging.getLogger("django_pg_failover")
 
@@ -64,7 +76,12 @@ class Wrapper(Protocol):
     @property
     def failover_policy(self) -> FailoverPolicy: ...
 
+    @property
+    def failover_settings(self) -> FailoverSettings: ...
+
     def close(self) -> None: ...
+
+    def failover_connection_params(self) -> dict[str, Any]: ...
 
 
 class ConnectionLoss:
@@ -99,6 +116,8 @@ class ConnectionLoss:
             demoted_to = self._demoted_to(connection)
         if not lost and demoted_to is None:
             return
+        if lost:
+            pooler_error(driver, exc, wrapper.server)
         self.report(exc, demoted_to)
         in_atomic_block = wrapper.in_atomic_block
         if in_atomic_block:
@@ -117,9 +136,46 @@ class ConnectionLoss:
     def _demoted_to(self, connection: Any) -> HostState | None:
         """After a read-only error: is the server itself read-only now (not just this
         transaction)? Servers 14+ report it as it changes (no round trip); older ones
-        report nothing: the error counts as a demotion."""
+        report nothing: the error counts as a demotion. A report of a writable server
+        is checked by asking it (see the module's rules)."""
         role = reported_role(self.wrapper.driver, connection)
-        return HostState.READ_ONLY_PRIMARY if role is None else _DEMOTED_TO.get(role)
+        if role is None:
+            return HostState.READ_ONLY_PRIMARY
+        if role.read_only:
+            return _DEMOTED_TO[role]
+        asked = self._asked_role(connection)
+        return None if asked is None else _DEMOTED_TO.get(asked)
+
+    def _asked_role(self, connection: Any) -> Role | None:
+        """The server's role asked, on this session if it can answer, else on a new
+        connection to the same host; None if neither answered."""
+        wrapper = self.wrapper
+        driver, server = wrapper.driver, wrapper.server
+        if server is None:
+            return None
+        if driver.transaction_status(connection) is TransactionStatus.IDLE:
+            try:
+                return verified_role(driver, connection, server)
+            except Exception:  # the session went away meanwhile: nothing learned
+                return None
+        # A failed transaction answers nothing but ROLLBACK, which is the code's to send.
+        params = {
+            key: value
+            for key, value in wrapper.failover_connection_params().items()
+            if key not in HOST_KEYWORDS
+        }
+        outcome = attempt(
+            driver,
+            server,
+            params,
+            wrapper.failover_policy.host_recheck,
+            wrapper.failover_settings.password,
+            ask=True,
+        )
+        if not isinstance(outcome, Landing):
+            return None
+        driver.close_quietly(outcome.connection)
+        return outcome.role
 
     def transaction_gone(self, in_atomic_block: bool) -> None:
         """The connection is gone (the wrapper holds none now), and its transaction with it."""

@@ -12,6 +12,8 @@ from django_pg_failover.exceptions import SettingsError
 from django_pg_failover.settings.redact import redact, redacted
 
 FAILOVER_CHECK = "django_pg_failover.E003"
+#: ``role_check``: believe the role a server reports, or ask it (connecting.trust).
+ROLE_CHECKS = ("reported", "query")
 
 # Bounds that catch typos (milliseconds given as seconds) without getting in the
 # way of any sane deployment.
@@ -56,6 +58,12 @@ class FailoverPolicy:
         Seconds a call may wait on its server before the backend checks, with
         a new connection, that the server is alive; a server that does not
         answer has the call given up (:mod:`..losing.stall`). None: never.
+    ``role_check``
+        ``"reported"``: a new connection's server role is the one it reported
+        at start-up (no round trip), except for a host whose report was once
+        contradicted; ``"query"``: every new connection asks it with one query,
+        for servers behind a pooler that replays stale reports
+        (:mod:`..connecting.trust`).
     """
 
     retry_timeout: float = 10.0
@@ -71,6 +79,7 @@ class FailoverPolicy:
     # One cheap round trip per answering server per interval, per process, while
     # connections wait: a promotion is found within 25 ms.
     probe_interval: float = 0.025
+    role_check: str = "reported"
 
     @classmethod
     def from_options(cls, options: Any, alias: str | None = None) -> FailoverPolicy:
@@ -105,6 +114,15 @@ class FailoverPolicy:
                         alias,
                         (*keys, name),
                         f"{redacted(value)} is not True or False",
+                        FAILOVER_CHECK,
+                    )
+                values[name] = value
+            elif name == "role_check":
+                if value not in ROLE_CHECKS:
+                    raise SettingsError(
+                        alias,
+                        (*keys, name),
+                        f"{redacted(value)} is not one of {', '.join(map(repr, ROLE_CHECKS))}",
                         FAILOVER_CHECK,
                     )
                 values[name] = value

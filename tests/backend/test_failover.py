@@ -447,8 +447,10 @@ def test_own_read_only_transaction_is_not_a_demotion(cluster: Cluster, make_alia
     with pytest.raises(Error) as excinfo:
         read_only_write()
     assert connections[alias].driver.sqlstate(excinfo.value.__cause__) == "25006"
-    # The server is still the writable primary: the connection stays.
+    # The server is still the writable primary: the connection stays. (Asked, on a
+    # new connection since the transaction failed, the server confirmed its report.)
     assert connections[alias].connection is kept
+    assert host_status.distrusted == set()
     create(alias, "accepted")
     assert keys_on(cluster.primary, ["refused", "accepted"]) == ["accepted"]
 

@@ -26,6 +26,7 @@ from django_pg_failover.base import DatabaseWrapper
 from django_pg_failover.connecting.attempt import Landing
 from django_pg_failover.connecting.connector import Connector
 from django_pg_failover.connecting.memory import HostState, host_status
+from django_pg_failover.connecting.roles import Role
 from django_pg_failover.connecting.search import HostList, Watcher, _HostWatch
 from django_pg_failover.connecting.verdicts import Verdict
 from django_pg_failover.drivers import get_driver
@@ -257,6 +258,7 @@ def test_the_watcher_takes_an_unexpected_error_as_a_failure() -> None:
         target_session_attrs=bad.target_session_attrs,
         policy=bad.policy,
         attempt=lambda host: bad.attempt(host, {}),
+        ask=lambda connection, host: Role.PRIMARY,
         close=bad.driver.close_quietly,
     )
     watcher = Watcher((), hosts)

@@ -85,6 +85,9 @@ def main() -> int:
     patroni = parser.add_mutually_exclusive_group()
     patroni.add_argument("--no-patroni", action="store_true", help="skip the Patroni scenario")
     patroni.add_argument("--only-patroni", action="store_true", help="the Patroni scenario only")
+    parser.add_argument(
+        "--connects-only", action="store_true", help="the connect scenarios only (no Patroni)"
+    )
     args = parser.parse_args()
     variants = [] if args.only_patroni else [v for v in args.variants.split(",") if v]
 
@@ -103,16 +106,20 @@ def main() -> int:
             "--outage", str(args.outage),
             "--picture-dir", args.picture_dir,
         ]  # fmt: skip
+        if args.connects_only:
+            common.append("--connects-only")
         for variant in variants:
             print(f"{variant}:", flush=True)
             results[variant] = child(variant, *common)
             cluster.reset()
+            if args.connects_only:
+                continue
             rss = {side: child(variant, "--lab", str(cluster.root), "--rss-only", side)
                    for side in ("stock", "ours")}  # fmt: skip
             results[variant]["rss"] = {**rss, "ratio": rss["ours"] / rss["stock"]}
             cluster.reset()
     patroni_result = None
-    if not args.no_patroni:
+    if not (args.no_patroni or args.connects_only):
         print("patroni:", flush=True)
         patroni_result = child_json(
             [sys.executable, "-m", "tests.benchmarks.patroni", "--pg-version", str(install.major)]
@@ -149,22 +156,29 @@ def print_table(variant: str, r: dict) -> None:
 
     print(f"\n{variant} ({r['driver']})")
     row("scenario (wall time; cpu = client CPU, process_time)", "stock", "ours", "ours/stock")
-    timed("cursor execute + fetchone x200, median slice (s)", r["cursor_query"])
-    timed("  the same with retry_reads on", r["cursor_query_retry_reads"], ours="ours_reads")
-    timed("ORM get() x100, one connection, median slice (s)", r["orm_get"])
-    timed("  the same with retry_reads on", r["orm_get_retry_reads"], ours="ours_reads")
-    timed("1000-row INSERT in atomic, median (s)", r["bulk_insert"])
-    timed(
-        "  retry_reads on / off",
-        r["bulk_insert_reads_vs_off"],
-        ours="ours_reads",
-        stock="ours",
-    )
+    if "cursor_query" in r:  # not with --connects-only
+        timed("cursor execute + fetchone x200, median slice (s)", r["cursor_query"])
+        timed("  the same with retry_reads on", r["cursor_query_retry_reads"], ours="ours_reads")
+        timed("ORM get() x100, one connection, median slice (s)", r["orm_get"])
+        timed("  the same with retry_reads on", r["orm_get_retry_reads"], ours="ours_reads")
+        timed("1000-row INSERT in atomic, median (s)", r["bulk_insert"])
+        timed(
+            "  retry_reads on / off",
+            r["bulk_insert_reads_vs_off"],
+            ours="ours_reads",
+            stock="ours",
+        )
     timed("ensure_connection + close x5, median slice (s)", r["connect_close"])
     timed("connect + SELECT 1 + close x5, median slice (s)", r["connect"])
+    if "connect_role_check_query" in r:
+        timed(
+            "  the same with role_check='query'", r["connect_role_check_query"], ours="ours_query"
+        )
     if "request_cycle" in r:
         timed("request cycle x50, persistent connection (s)", r["request_cycle"])
         row("  one liveness check of an idle connection (us)", None, r["liveness_check_s"] * 1e6)
+    if "hung_first_host" not in r:  # --connects-only
+        return
     hung = r["hung_first_host"]
     row("hung first host: first connect (s)", hung["first_stock"], hung["first_ours"])
     row(

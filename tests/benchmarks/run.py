@@ -17,6 +17,8 @@ from django_pg_failover.lab import Cluster
 from . import django_setup, scenarios
 from .scenarios import SIDES
 
+#: role_check="query" beside stock: one round trip more per new connection.
+QUERY_SIDES = ("stock", "ours_query")
 #: Each round of the steady-state scenarios is this many short slices per side.
 SLICES_PER_ROUND = 20
 
@@ -32,23 +34,26 @@ def run(cluster: Cluster, pool: bool, args: argparse.Namespace) -> dict:
     say = lambda text: print(f"  {text}", file=sys.stderr, flush=True)  # noqa: E731
 
     slices = args.rounds * SLICES_PER_ROUND
-    say("a raw cursor's execute + fetchone, retry_reads off and on")
-    times = scenarios.time_slices(
-        {s: scenarios.cursor_queries(s, 200) for s in (*SIDES, "ours_reads")}, slices
-    )
-    result["cursor_query"] = scenarios.compare(times)
-    result["cursor_query_retry_reads"] = scenarios.compare(times, ours="ours_reads")
-    say("ORM get(), retry_reads off and on")
-    times = scenarios.time_slices(
-        {s: scenarios.orm_queries(s, pk, 100) for s in (*SIDES, "ours_reads")}, slices
-    )
-    result["orm_get"] = scenarios.compare(times)
-    result["orm_get_retry_reads"] = scenarios.compare(times, ours="ours_reads")
-    say("1000-row INSERT in an atomic block, retry_reads off and on")
-    inserts = {s: scenarios.bulk_insert_in_atomic(s, 1000) for s in (*SIDES, "ours_reads")}
-    times = scenarios.time_slices(inserts, slices // 4)
-    result["bulk_insert"] = scenarios.compare(times)
-    result["bulk_insert_reads_vs_off"] = scenarios.compare(times, ours="ours_reads", stock="ours")
+    if not args.connects_only:  # (--connects-only: the connect scenarios alone)
+        say("a raw cursor's execute + fetchone, retry_reads off and on")
+        times = scenarios.time_slices(
+            {s: scenarios.cursor_queries(s, 200) for s in (*SIDES, "ours_reads")}, slices
+        )
+        result["cursor_query"] = scenarios.compare(times)
+        result["cursor_query_retry_reads"] = scenarios.compare(times, ours="ours_reads")
+        say("ORM get(), retry_reads off and on")
+        times = scenarios.time_slices(
+            {s: scenarios.orm_queries(s, pk, 100) for s in (*SIDES, "ours_reads")}, slices
+        )
+        result["orm_get"] = scenarios.compare(times)
+        result["orm_get_retry_reads"] = scenarios.compare(times, ours="ours_reads")
+        say("1000-row INSERT in an atomic block, retry_reads off and on")
+        inserts = {s: scenarios.bulk_insert_in_atomic(s, 1000) for s in (*SIDES, "ours_reads")}
+        times = scenarios.time_slices(inserts, slices // 4)
+        result["bulk_insert"] = scenarios.compare(times)
+        result["bulk_insert_reads_vs_off"] = scenarios.compare(
+            times, ours="ours_reads", stock="ours"
+        )
     say("ensure_connection() + close()")
     result["connect_close"] = scenarios.compare(
         scenarios.time_slices({s: scenarios.connect_close(s, 5) for s in SIDES}, slices)
@@ -57,6 +62,13 @@ def run(cluster: Cluster, pool: bool, args: argparse.Namespace) -> dict:
     result["connect"] = scenarios.compare(
         scenarios.time_slices({s: scenarios.connects(s, 5) for s in SIDES}, slices)
     )
+    say("connect + SELECT 1 + close, role_check='query' (one round trip more per connection)")
+    result["connect_role_check_query"] = scenarios.compare(
+        scenarios.time_slices({s: scenarios.connects(s, 5) for s in QUERY_SIDES}, slices),
+        ours="ours_query",
+    )
+    if args.connects_only:
+        return result
     if not pool:
         say("request cycle with a persistent connection (the liveness check)")
         for side, database in (("stock", django_setup.stock), ("ours", django_setup.ours)):
@@ -102,6 +114,7 @@ def main() -> int:
     parser.add_argument("--outage", type=float, default=3.0)
     parser.add_argument("--rss-only", choices=SIDES, help="peak RSS of one backend's work")
     parser.add_argument("--picture-dir", help="draw the first 4-thread failover there")
+    parser.add_argument("--connects-only", action="store_true", help="the connect scenarios only")
     args = parser.parse_args()
     cluster = Cluster.load(args.lab)
     pool = args.variant.endswith("+pool")
@@ -121,6 +134,7 @@ def main() -> int:
         {
             "ours": django_setup.ours(cluster, pool=pool),
             "ours_reads": django_setup.ours(cluster, pool=pool, retry_reads=True),
+            "ours_query": django_setup.ours(cluster, pool=pool, role_check="query"),
             "stock": django_setup.stock(cluster, pool=pool),
         }
     )

@@ -18,6 +18,12 @@ def test_defaults() -> None:
         retry_timeout=10.0, backoff_initial=0.05, backoff_max=1.0, host_recheck=10.0
     )
     assert policy.retry_reads is False
+    assert policy.role_check == "reported"
+
+
+@pytest.mark.parametrize("role_check", ["reported", "query"])
+def test_role_check_values(role_check: str) -> None:
+    assert FailoverPolicy.from_options({"role_check": role_check}).role_check == role_check
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:
@@ -58,6 +64,9 @@ def test_policy_is_immutable() -> None:
         ({"backoff_initial": 2, "backoff_max": 1}, "backoff_initial (2) is larger than"),
         ({"host_recheck": -3}, "-3 must be a finite"),
         ({"retry_reads": "yes"}, "'yes' is not True or False"),
+        ({"role_check": "queries"}, "['role_check']: 'queries' is not one of 'reported', 'query'"),
+        ({"role_check": True}, "['role_check']: True is not one of"),
+        ({"role_check": None}, "['role_check']: None is not one of"),
         (["retry_timeout"], "is not a dict of failover settings"),
     ],
 )

@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from django_pg_failover.connecting.attempt import HostFailure, Landing, Outcome
-from django_pg_failover.connecting.roles import Role
+from django_pg_failover.connecting.roles import Role, asked_role
 from django_pg_failover.connecting.search import HostList, Watcher
 from django_pg_failover.connecting.verdicts import Verdict
 from django_pg_failover.settings.hosts import Host
@@ -84,6 +84,7 @@ class Servers:
                 target_session_attrs=target,
                 policy=POLICY,
                 attempt=self.attempt,
+                ask=lambda connection, host: asked_role(connection),
                 close=self.closed.append,
             ),
         )

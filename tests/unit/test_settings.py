@@ -96,6 +96,11 @@ BAD_SETTINGS = [
         "E003",
     ),
     (
+        {"HOST": "db1", "OPTIONS": {"failover": {"role_check": "always"}}},
+        "['OPTIONS']['failover']['role_check']: 'always' is not one of 'reported', 'query'",
+        "E003",
+    ),
+    (
         {"HOST": "db1", "OPTIONS": {"target_session_attrs": "master"}},
         "['target_session_attrs']: 'master' is not one of",
         "E004",

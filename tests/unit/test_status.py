@@ -135,3 +135,15 @@ def test_a_child_forked_while_the_lock_is_held_can_use_the_memory() -> None:
     _, status_code = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status_code) == 0
     host_status.clear()
+
+
+def test_a_distrusted_host_stays_distrusted_until_cleared(status, clock) -> None:
+    """A contradicted report is not forgotten with the records: a pooler stays in the way."""
+    assert status.distrust_reports(A) is True
+    assert status.distrust_reports(A) is False  # logged once
+    clock.now += 86400 * 365
+    assert status.snapshot() == {}
+    assert A in status.distrusted
+    assert B not in status.distrusted
+    status.clear()
+    assert status.distrusted == set()
