@@ -46,9 +46,9 @@ from django_pg_failover.drivers.base import TransactionStatus
 
 if TYPE_CHECKING:
     from django_pg_failover.drivers import Driver
+    from django_pg_failover.settings.conf import FailoverSettings
     from django_pg_failover.settings.hosts import Host
     from django_pg_failover.settings.policy import FailoverPolicy
-    from django_pg_failover.settings.conf import FailoverSettings
 
 logger = logging.getLogger("django_pg_failover")
 
