@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django_pg_failover import signals
+from django_pg_failover import metrics, signals
 from django_pg_failover.background import workers
 from django_pg_failover.connecting import search
 from django_pg_failover.connecting.attempt import HostFailure, Landing, Outcome, attempt
@@ -231,6 +231,7 @@ class Connector:
         if self.failing:
             self._forget_failures(params)  # they describe an outage now over
             self.failing = self.refused_for_good = False
+            metrics.connected(self.alias, host)
         outcome.elapsed = time.monotonic() - started
         self._report_connected(outcome)
         return outcome
@@ -258,6 +259,7 @@ class Connector:
         landing = result.landing
         assert landing is not None
         landing.passes, landing.elapsed = call.passes, call.elapsed()
+        metrics.connected(self.alias, landing.host)
         self._report_connected(landing)
         return landing
 
@@ -272,6 +274,7 @@ class Connector:
         latest = {**watcher.failures, **{f.host: f for f in result.failures}}
         self.last_failures = [latest[h] for h in self.hosts if h in latest]
         self.failing = True
+        metrics.no_server(self.alias)
         return watcher
 
     def _give_up_if_hopeless(self, call: _Call, result: PassResult) -> None:
@@ -404,6 +407,7 @@ class Connector:
                 reason=failure.reason,
                 attempt=attempt,
             )
+            metrics.connect_attempt_failed(self.alias, failure.host, failure.verdict)
 
     def _report_connected(self, landing: Landing) -> None:
         waited = landing.passes > 1 or landing.elapsed > self.attempt_delay
