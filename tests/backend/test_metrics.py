@@ -18,7 +18,6 @@ import urllib.request
 import pytest
 from django.db import OperationalError, connections
 from django.test import Client
-from psycopg_pool import PoolTimeout
 
 from django_pg_failover import metrics
 from django_pg_failover.lab import Cluster
@@ -54,6 +53,40 @@ QUICK = {"failover": {"retry_timeout": 15, "backoff_max": 0.1, "probe_interval":
 def meter_provider() -> None:
     otel.reader()
     metrics.forget_outages()
+
+
+def test_the_healthy_path_keeps_its_budgets_with_a_meter_provider(
+    cluster: Cluster,
+    make_alias,
+    aliases: dict[str, str],  # noqa: F811
+) -> None:
+    # The recorder is loaded (an event of this process), and the SDK's provider set.
+    assert metrics.recorder() is not None
+    works = {side: query_work(alias) for side, alias in aliases.items()}
+    query = {side: python_calls(work[0]) for side, work in works.items()}
+    assert query["ours"] - query["stock"] <= QUERY_BUDGET, query
+    connect = {
+        side: python_calls(connect_work(aliases[side]), times=20) for side in ("stock", "ours")
+    }
+    assert connect["ours"] - connect["stock"] <= CONNECT_BUDGET, connect
+    print(f"with a MeterProvider: calls per query {query}, per connect {connect}")
+
+
+@needs_pool
+def test_a_pool_checkout_keeps_its_budget_with_a_meter_provider(
+    cluster: Cluster, make_alias
+) -> None:
+    pool = {"pool": {"min_size": 1, "max_size": 2}}
+    ours = make_alias(OPTIONS=pool)
+    works = {
+        "stock": connect_work(make_alias(stock=True, OPTIONS=pool)),
+        "ours": connect_work(ours),
+    }
+    calls = {side: python_calls(work, times=20) for side, work in works.items()}
+    print(f"with a MeterProvider: calls per checkout and return {calls}")
+    assert connections[ours].pool.times is not None  # the checkouts were timed
+    assert calls["ours"] - calls["stock"] <= POOL_CHECKOUT_BUDGET, calls
+    assert otel.total(otel.points(ours), "db.client.connection.use_time") >= 20
 
 
 def test_a_failover_is_counted_with_its_losses_failures_waits_and_time(
@@ -151,6 +184,8 @@ def test_the_pool_is_observed_as_the_semantic_conventions_say(cluster: Cluster, 
     finally:
         pool.putconn(held)
     # A request that cannot get a connection in time counts as a timeout.
+    from psycopg_pool import PoolTimeout  # (psycopg 3 only)
+
     small = make_alias(OPTIONS={**QUICK, "pool": {"min_size": 1, "max_size": 1, "timeout": 5}})
     small_pool = connections[small].pool
     small_pool.open(wait=True, timeout=10)
@@ -182,40 +217,6 @@ def test_a_pool_failover_counts_idle_connections_lost_and_one_failover(
     )
     assert otel.total(found, FAILOVERS, server_port=cluster.primary.port) == 1
     assert found[FAILOVER_TIME][0].sum > 0
-
-
-def test_the_healthy_path_keeps_its_budgets_with_a_meter_provider(
-    cluster: Cluster,
-    make_alias,
-    aliases: dict[str, str],  # noqa: F811
-) -> None:
-    # The recorder is loaded (an event of this process), and the SDK's provider set.
-    assert metrics.recorder() is not None
-    works = {side: query_work(alias) for side, alias in aliases.items()}
-    query = {side: python_calls(work[0]) for side, work in works.items()}
-    assert query["ours"] - query["stock"] <= QUERY_BUDGET, query
-    connect = {
-        side: python_calls(connect_work(aliases[side]), times=20) for side in ("stock", "ours")
-    }
-    assert connect["ours"] - connect["stock"] <= CONNECT_BUDGET, connect
-    print(f"with a MeterProvider: calls per query {query}, per connect {connect}")
-
-
-@needs_pool
-def test_a_pool_checkout_keeps_its_budget_with_a_meter_provider(
-    cluster: Cluster, make_alias
-) -> None:
-    pool = {"pool": {"min_size": 1, "max_size": 2}}
-    ours = make_alias(OPTIONS=pool)
-    works = {
-        "stock": connect_work(make_alias(stock=True, OPTIONS=pool)),
-        "ours": connect_work(ours),
-    }
-    calls = {side: python_calls(work, times=20) for side, work in works.items()}
-    print(f"with a MeterProvider: calls per checkout and return {calls}")
-    assert connections[ours].pool.times is not None  # the checkouts were timed
-    assert calls["ours"] - calls["stock"] <= POOL_CHECKOUT_BUDGET, calls
-    assert otel.total(otel.points(ours), "db.client.connection.use_time") >= 20
 
 
 _PROBE = """
