@@ -16,7 +16,7 @@ import time
 import urllib.request
 
 import pytest
-from django.db import OperationalError, connections
+from django.db import Error, OperationalError, connections
 from django.test import Client
 
 from django_pg_failover import metrics
@@ -148,6 +148,53 @@ def test_a_lost_read_re_run_is_counted(cluster: Cluster, make_alias) -> None:
     found = otel.points(alias)
     assert otel.total(found, RETRIED, django_pg_failover_outcome="rerun") == 1
     assert otel.total(found, LOST, server_port=old.port, django_pg_failover_cause="crash") == 1
+    assert otel.total(found, FAILOVERS, server_port=cluster.primary.port) == 1
+
+
+def test_a_demotion_is_a_loss_of_its_own_cause(cluster: Cluster, make_alias) -> None:
+    alias = make_alias(OPTIONS=QUICK)
+    old = cluster.primary
+    create(alias, "on-old")
+    cluster.wait_replayed()
+    cluster.make_read_only(old)
+    new = cluster.promote()
+    with pytest.raises(Error):
+        create(alias, "refused")
+    create(alias, "on-new")
+    found = otel.points(alias)
+    assert otel.total(found, LOST, server_port=old.port, django_pg_failover_cause="demoted") == 1
+    assert otel.total(found, FAILOVERS, server_port=new.port) == 1
+
+
+def test_a_call_given_up_on_a_frozen_server_is_a_stalled_loss(cluster: Cluster, make_alias) -> None:
+    alias = make_alias(
+        OPTIONS={"connect_timeout": 2, "failover": {**QUICK["failover"], "stall_timeout": 1.0}}
+    )
+    create(alias)
+    old = cluster.primary
+
+    def freeze_and_promote() -> None:
+        # The call is under way (a 30 s sleep) when the server and its sessions freeze.
+        wait_for(
+            lambda: old.query(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30%'"
+            )[0][0],
+            10,
+            "the call",
+        )
+        cluster.hang(old)
+        cluster.promote()
+
+    fault = threading.Thread(target=freeze_and_promote)
+    fault.start()
+    try:
+        with pytest.raises(OperationalError), connections[alias].cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(30)")
+    finally:
+        fault.join(30)
+    create(alias)
+    found = otel.points(alias)
+    assert otel.total(found, LOST, server_port=old.port, django_pg_failover_cause="stalled") == 1
     assert otel.total(found, FAILOVERS, server_port=cluster.primary.port) == 1
 
 
