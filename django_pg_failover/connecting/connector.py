@@ -177,7 +177,7 @@ class Connector:
         if watcher is not None:
             # A failover is under way: no use trying before the search finds a server.
             logger.debug("database alias %r: waiting for the search under way", self.alias)
-            watcher.wait(call.until(), change=search_end)
+            self._wait(watcher, call.until(), change=search_end)
         else:
             first = self._connect_known_host(call.params, started)
             if isinstance(first, Landing) and first.suits:
@@ -191,12 +191,21 @@ class Connector:
             if result.deferred and call.may_wait():
                 # Another thread searches the list: wait for what it (or the
                 # watcher after it) finds.
-                watcher.wait(call.until(), change=result.search_end)
+                self._wait(watcher, call.until(), change=result.search_end)
                 continue
             self._give_up_if_hopeless(call, result)
             # One watcher per process looks for a server on behalf of every waiting
             # thread; the last try lands on the deadline.
-            watcher.wait(call.until(), hand_over=result.searching is not None)
+            self._wait(watcher, call.until(), hand_over=result.searching is not None)
+
+    def _wait(self, watcher: search.Watcher, until: float, **how: Any) -> None:
+        """Sleep until the watcher finds a server (:meth:`.search.Watcher.wait`), counted
+        for the metrics per alias (a watcher may serve several aliases of one list)."""
+        metrics.waiting(self.alias, 1)
+        try:
+            watcher.wait(until, **how)
+        finally:
+            metrics.waiting(self.alias, -1)
 
     def _connect_known_host(self, params: Mapping[str, Any], started: float) -> Outcome | None:
         """The healthy path: the first host answered lately with a role that suits.

@@ -158,6 +158,18 @@ def connected(alias: str, server: Host) -> None:
         _record("failover", alias, server, over[0])
 
 
+#: Per alias, the threads waiting for the watcher to find a server (while recorded).
+waiting_threads: dict[str, int] = {}
+
+
+def waiting(alias: str, change: int) -> None:
+    """A thread of ``alias`` begins (1) or ends (-1) a wait for a suitable server."""
+    if recorder() is None:
+        return
+    with _lock:
+        waiting_threads[alias] = waiting_threads.get(alias, 0) + change
+
+
 def read_retried(alias: str, outcome: str) -> None:
     """A read whose connection was lost: re-run (``rerun``) or not (``refused``)."""
     _record("read_retried", alias, outcome)

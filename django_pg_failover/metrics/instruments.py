@@ -24,7 +24,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from django_pg_failover import __version__
-from django_pg_failover.connecting import search
+from django_pg_failover import metrics as hooks
 
 if TYPE_CHECKING:
     from django_pg_failover.metrics import PoolTimes
@@ -173,11 +173,7 @@ class Recorder:
     # -- observed state ----------------------------------------------------------------
 
     def _observe_waiting(self, options: CallbackOptions) -> Iterator[Observation]:
-        waiting: dict[str, int] = {}
-        for watcher in list(search.watchers.values()):
-            alias = watcher.hosts.alias
-            waiting[alias] = waiting.get(alias, 0) + watcher._waiters
-        for alias, count in waiting.items():
+        for alias, count in list(hooks.waiting_threads.items()):
             yield Observation(count, {POOL_NAME: alias})
 
     def observe_pool(self, pool: Any, alias: str, times: PoolTimes) -> None:
