@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
@@ -49,11 +49,31 @@ def _server(alias: str, server: Host | None) -> dict[str, Any]:
     return attributes
 
 
+class _Meter:
+    """The meter, noting each instrument's kind and unit by name (the docs' and tests' list)."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.meter = meter
+        self.made: dict[str, tuple[str, str]] = {}
+
+    def __getattr__(self, kind: str) -> Callable[..., Any]:
+        create = getattr(self.meter, kind)
+
+        def make(name: str, **kwargs: Any) -> Any:
+            self.made[name] = (kind.replace("observable_", ""), kwargs.get("unit", ""))
+            return create(name, **kwargs)
+
+        return make
+
+
 class Recorder:
     """The process's instruments, and the pools they observe."""
 
     def __init__(self) -> None:
-        meter = metrics.get_meter("django_pg_failover", __version__)
+        meter = _Meter(metrics.get_meter("django_pg_failover", __version__))
+        #: Each instrument's kind (``create_counter``, ...: an observable one's
+        #: synchronous kind) and unit, by name.
+        self.instruments = meter.made
         # -- failover events -------------------------------------------------------------
         self.lost = meter.create_counter(
             PREFIX + "connections.lost",

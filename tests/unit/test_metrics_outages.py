@@ -1,7 +1,8 @@
 """How failovers are counted (django_pg_failover.metrics): outages per alias, no server needed.
 
 The events are the functions the backend calls; the SDK's in-memory reader
-(tests/backend/otel.py) reads what they recorded.
+(tests/backend/otel.py) reads what they recorded. The pool's instruments are
+compared with OpenTelemetry's own constants for the semantic conventions.
 """
 
 from __future__ import annotations
@@ -74,3 +75,33 @@ def test_aliases_are_counted_apart(alias: str) -> None:
     assert failovers(other) == 0
     metrics.connected(alias, NEW)
     assert failovers(alias) == 1
+
+
+def test_the_pool_instruments_are_the_semantic_conventions(alias: str) -> None:
+    """Names, kinds (an observable instrument for a synchronous one) and units."""
+    conventions = pytest.importorskip("opentelemetry.semconv._incubating.metrics.db_metrics")
+    recorder = metrics.recorder()
+    assert recorder is not None
+    expected: dict[str, tuple[str, str]] = {}
+
+    class Spy:  # a meter that notes what the conventions' helpers create
+        def __getattr__(self, kind: str):
+            def make(name: str, **kwargs):
+                expected[name] = (kind, kwargs.get("unit", ""))
+
+            return make
+
+    for helper in (
+        "count",
+        "max",
+        "idle_max",
+        "idle_min",
+        "pending_requests",
+        "timeouts",
+        "create_time",
+        "wait_time",
+        "use_time",
+    ):
+        getattr(conventions, f"create_db_client_connection_{helper}")(Spy())
+    assert len(expected) == 9
+    assert {name: recorder.instruments.get(name) for name in expected} == expected
