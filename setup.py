@@ -25,8 +25,14 @@ DEMO = [*LAB, "matplotlib>=3.7"]
 # django-health-check 4 (the check API django_pg_failover.healthcheck implements) needs
 # Django 5.2+; with Django 4.2 pip picks a 3.x and the check's tests skip, saying why.
 HEALTH = ["django-health-check>=4.0"]
+# Metrics (docs/metrics.rst): the API only; the application picks its SDK and exporter.
+OTEL = ["opentelemetry-api>=1.27"]
 TEST = [
     *DEMO,
+    *OTEL,
+    # An in-memory reader for the metrics tests, and the Prometheus recipe's exporter.
+    "opentelemetry-sdk>=1.27",
+    "opentelemetry-exporter-prometheus>=0.48b0",
     *PATRONI,
     *PSYCOPG,
     *PSYCOPG2,
@@ -68,6 +74,7 @@ setup(
         "patroni": [*LAB, *PATRONI],
         "demo": DEMO,
         "health": HEALTH,
+        "otel": OTEL,
         "test": TEST,
         "docs": DOCS,
     },

@@ -82,7 +82,7 @@ class FailoverErrorWrapper(DatabaseErrorWrapper):
         if exc_type is None:
             return
         given_up = stall_watch.given_up(wrapper)  # before closing starts another call
-        wrapper.loss.on_driver_error(exc_value)
+        wrapper.loss.on_driver_error(exc_value, stalled=given_up is not None)
         if given_up is not None:
             raise OperationalError(f"database alias {wrapper.alias!r}: {given_up}") from exc_value
         return super().__exit__(exc_type, exc_value, traceback)
@@ -317,7 +317,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         except driver.module.Error as exc:
             # An aborted transaction fails this check too: only a dead session is a loss.
             if driver.connection_lost(exc, self.connection):
-                self.loss.report(exc)
+                self.loss.report(exc, cause="closed_while_idle")
             return False
         return True
 
@@ -336,7 +336,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return
         failure = idle_connection_failure(driver, self.connection)
         if failure is not None:
-            self.loss.report(failure)
+            self.loss.report(failure, cause="closed_while_idle")
             driver.close_quietly(self.connection)
             self.close()
 

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from django_pg_failover import metrics
 from django_pg_failover.connecting.memory import HostState, host_status
 from django_pg_failover.connecting.roles import Role, reported_role, suits
 from django_pg_failover.connecting.trust import pooler_error, verified_role
@@ -97,6 +98,8 @@ class FailoverPool(ConnectionPool):
     ) -> None:
         self.connector = connector
         self._user_check = check  # Django 6.1 lets OPTIONS["pool"] give one
+        #: Checkout times kept for the metrics (None: not recorded, see :mod:`.metrics`).
+        self.times: metrics.PoolTimes | None = None
         # With CONN_HEALTH_CHECKS, psycopg_pool runs the check at every checkout,
         # as with Django's pool; ours also refuses a server that changed role.
         if health_checks:
@@ -106,10 +109,12 @@ class FailoverPool(ConnectionPool):
             options["configure"] = self._configure_new
         super().__init__(kwargs=dict(kwargs), check=check, **options)
         self.connection_class = _Opener(self)  # type: ignore[assignment]
+        self.times = metrics.pool_built(self, connector.alias)
 
     # -- opening connections (in the pool's worker threads) ----------------------------
 
     def open_connection(self, kwargs: Mapping[str, Any]) -> Any:
+        began = time.monotonic()
         try:
             landing = self.connector.connect(
                 kwargs, deadline=math.inf, keep_waiting=lambda: not self.closed
@@ -122,6 +127,8 @@ class FailoverPool(ConnectionPool):
         # by a weak reference at every checkout): the wrapper that checks it out
         # learns its server and session from it.
         landing.connection._pg_failover_landing = landing
+        if self.times is not None:
+            self.times.creates.append(time.monotonic() - began)
         return landing.connection
 
     def _configure_new(self, connection: Any) -> None:
@@ -172,6 +179,7 @@ class FailoverPool(ConnectionPool):
             try:
                 connection = super().getconn(timeout=max(until - now, _MIN_WAIT))
             except _EveryHostRefused:
+                metrics.pool_timeout(connector.alias)
                 raise connector.give_up_error(time.monotonic() - started) from None
             except PoolTimeout:
                 # Also the end for a request that entered the queue in the instant after
@@ -179,17 +187,31 @@ class FailoverPool(ConnectionPool):
                 # that can grow tries a connect for it at once).
                 now = time.monotonic()
                 if connector.failing and (connector.refused_for_good or now >= hosts_deadline):
+                    metrics.pool_timeout(connector.alias)
                     raise connector.give_up_error(now - started) from None
                 if now >= pool_deadline:
+                    metrics.pool_timeout(connector.alias)
                     raise PoolTimeout(
                         f"couldn't get a connection after {now - started:.2f} sec"
                     ) from None
                 continue
+            if self.times is not None:  # (asked, handed out): see putconn()
+                connection._pg_failover_checkout = (started, time.monotonic())  # type: ignore[attr-defined]
             # Without health checks, a look at the socket (no round trip).
             failure = idle_connection_failure(self.connector.driver, connection)
             if failure is None:
                 return connection
             self._replace(connection, failure)
+
+    def putconn(self, conn: Any) -> None:
+        if self.times is not None:
+            # Set by getconn(), which handed out every connection given back here.
+            # No call more than the clock's and the buffer's (a pool's healthy path).
+            try:  # noqa: SIM105 - suppress() costs calls
+                self.times.checkouts.append((conn._pg_failover_checkout, time.monotonic()))
+            except AttributeError:
+                pass
+        ConnectionPool.putconn(self, conn)  # not super(): one call less
 
     def _health_check(self, connection: Any) -> None:
         """psycopg_pool's check_connection, and the server's role judged anew.
@@ -240,6 +262,7 @@ class FailoverPool(ConnectionPool):
             recheck=connector.policy.host_recheck,
             demoted_to=None if role is None else HostState.of(role),
             pool=self,
+            cause="closed_while_idle",
         )
 
 

@@ -97,6 +97,12 @@ def test_wheel_and_sdist_install_and_work_in_a_fresh_venv(tmp_path: Path) -> Non
     assert "Description-Content-Type: text/markdown" in metadata
     assert "# django-pg-failover" in metadata  # the README is the long description
     assert "Requires-Python: >=3.10" in metadata
+    # Metrics are optional: the API in an extra of its own, never a runtime dependency.
+    assert "Provides-Extra: otel" in metadata
+    assert [r for r in metadata.splitlines() if "opentelemetry-api" in r] == [
+        'Requires-Dist: opentelemetry-api>=1.27; extra == "otel"',
+        'Requires-Dist: opentelemetry-api>=1.27; extra == "test"',
+    ]
 
     # Each artifact with one driver's extra: psycopg 3 with its pool, and psycopg2.
     for artifact, extra, driver in ((wheel, "psycopg", "psycopg"), (sdist, "psycopg2", "psycopg2")):

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django_pg_failover import signals
+from django_pg_failover import metrics, signals
 from django_pg_failover.background import workers
 from django_pg_failover.connecting import search
 from django_pg_failover.connecting.attempt import HostFailure, Landing, Outcome, attempt
@@ -185,7 +185,7 @@ class Connector:
         if watcher is not None:
             # A failover is under way: no use trying before the search finds a server.
             logger.debug("database alias %r: waiting for the search under way", self.alias)
-            watcher.wait(call.until(), change=search_end)
+            self._wait(watcher, call.until(), change=search_end)
         else:
             first = self._connect_known_host(call.params, started)
             if isinstance(first, Landing) and first.suits:
@@ -199,12 +199,21 @@ class Connector:
             if result.deferred and call.may_wait():
                 # Another thread searches the list: wait for what it (or the
                 # watcher after it) finds.
-                watcher.wait(call.until(), change=result.search_end)
+                self._wait(watcher, call.until(), change=result.search_end)
                 continue
             self._give_up_if_hopeless(call, result)
             # One watcher per process looks for a server on behalf of every waiting
             # thread; the last try lands on the deadline.
-            watcher.wait(call.until(), hand_over=result.searching is not None)
+            self._wait(watcher, call.until(), hand_over=result.searching is not None)
+
+    def _wait(self, watcher: search.Watcher, until: float, **how: Any) -> None:
+        """Sleep until the watcher finds a server (:meth:`.search.Watcher.wait`), counted
+        for the metrics per alias (a watcher may serve several aliases of one list)."""
+        metrics.waiting(self.alias, 1)
+        try:
+            watcher.wait(until, **how)
+        finally:
+            metrics.waiting(self.alias, -1)
 
     def _connect_known_host(self, params: Mapping[str, Any], started: float) -> Outcome | None:
         """The healthy path: the first host answered lately with a role that suits.
@@ -239,6 +248,7 @@ class Connector:
         if self.failing:
             self._forget_failures(params)  # they describe an outage now over
             self.failing = self.refused_for_good = False
+            metrics.connected(self.alias, host)
         outcome.elapsed = time.monotonic() - started
         self._report_connected(outcome)
         return outcome
@@ -266,6 +276,7 @@ class Connector:
         landing = result.landing
         assert landing is not None
         landing.passes, landing.elapsed = call.passes, call.elapsed()
+        metrics.connected(self.alias, landing.host)
         self._report_connected(landing)
         return landing
 
@@ -280,6 +291,7 @@ class Connector:
         latest = {**watcher.failures, **{f.host: f for f in result.failures}}
         self.last_failures = [latest[h] for h in self.hosts if h in latest]
         self.failing = True
+        metrics.no_server(self.alias)
         return watcher
 
     def _give_up_if_hopeless(self, call: _Call, result: PassResult) -> None:
@@ -415,6 +427,7 @@ class Connector:
                 reason=failure.reason,
                 attempt=attempt,
             )
+            metrics.connect_attempt_failed(self.alias, failure.host, failure.verdict)
 
     def _report_connected(self, landing: Landing) -> None:
         waited = landing.passes > 1 or landing.elapsed > self.attempt_delay

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from django.db.utils import OperationalError, ProgrammingError
 
-from django_pg_failover import signals
+from django_pg_failover import metrics, signals
 from django_pg_failover.connecting.attempt import Landing, attempt
 from django_pg_failover.connecting.connector import HOST_KEYWORDS
 from django_pg_failover.connecting.memory import HostState, host_status
@@ -103,8 +103,9 @@ class ConnectionLoss:
 
     # -- an error on the connection -----------------------------------------------------
 
-    def on_driver_error(self, exc: BaseException) -> None:
-        """Close a connection that the error shows dead or demoted."""
+    def on_driver_error(self, exc: BaseException, stalled: bool = False) -> None:
+        """Close a connection that the error shows dead or demoted (``stalled``: the
+        stall watchdog gave the call up)."""
         wrapper = self.wrapper
         connection = wrapper.connection
         if connection is None:
@@ -118,7 +119,7 @@ class ConnectionLoss:
             return
         if lost:
             pooler_error(driver, exc, wrapper.server)
-        self.report(exc, demoted_to)
+        self.report(exc, demoted_to, cause="stalled" if stalled else "crash")
         in_atomic_block = wrapper.in_atomic_block
         if in_atomic_block:
             # Not close(): Django would mark the block "closed in transaction" and
@@ -197,8 +198,11 @@ class ConnectionLoss:
                 pool.putconn(connection)  # closed: the pool discards and replaces it
         wrapper.connection = None
 
-    def report(self, exc: BaseException, demoted_to: HostState | None = None) -> None:
-        """Log, signal and remember a lost (or demoted) connection."""
+    def report(
+        self, exc: BaseException, demoted_to: HostState | None = None, cause: str = "crash"
+    ) -> None:
+        """Log, signal and remember a lost (or demoted) connection (``cause``: see
+        :func:`announce`)."""
         wrapper = self.wrapper
         in_atomic_block = wrapper.in_atomic_block
         if self.committing:
@@ -224,6 +228,7 @@ class ConnectionLoss:
             pool=getattr(wrapper, "pool", None),  # Django 5.1+
             in_atomic_block=in_atomic_block,
             during_commit=self.committing,
+            cause=cause,
         )
 
     # -- what the wrapper may do next ---------------------------------------------------
@@ -300,9 +305,13 @@ def announce(
     pool: Any = None,
     in_atomic_block: bool = False,
     during_commit: bool = False,
+    cause: str = "crash",
 ) -> None:
     """A connection to ``server`` was lost (or turned read-only): the memory, the
-    other idle connections of a pool, the log and ``connection_lost`` hear of it."""
+    other idle connections of a pool, the log, ``connection_lost`` and the metrics
+    hear of it. ``cause`` (for the metrics): ``crash`` (the session went during a
+    call), ``stalled`` (the stall watchdog gave the call up), ``closed_while_idle``
+    (found closed before use); ``demoted`` whenever ``demoted_to`` is given."""
     if server is not None:
         host_status.record(server, demoted_to or HostState.DOWN, recheck)
         if pool is not None and hasattr(pool, "drain"):
@@ -328,3 +337,4 @@ def announce(
         in_atomic_block=in_atomic_block,
         during_commit=during_commit,
     )
+    metrics.connection_lost(alias, server, "demoted" if demoted_to else cause)

@@ -58,6 +58,7 @@ from django.db.backends.postgresql.base import CursorDebugWrapper
 from django.db.backends.utils import CursorWrapper
 from django.db.utils import DatabaseError, OperationalError
 
+from django_pg_failover import metrics
 from django_pg_failover.drivers import TRANSACTION_IDLE_CODE
 
 if TYPE_CHECKING:
@@ -249,8 +250,10 @@ class ReadRetryMixin(CursorWrapper):
                 db.alias,
                 refusal,
             )
+            metrics.read_retried(db.alias, "refused")
             raise lost
         logger.warning("database alias %r: re-running a read whose connection was lost", db.alias)
+        metrics.read_retried(db.alias, "rerun")
         self.cursor = db.create_cursor()
         # Explicit statements: in autocommit mode, the drivers' commit() would not
         # know of a transaction they did not open.
