@@ -1,0 +1,197 @@
+"""read_your_writes against real replication lag: standbys made to lag on purpose.
+
+Replay is paused on the standbys (``pg_wal_replay_pause()``: they still receive
+the WAL, they apply none of it), so a standby read right after a write cannot
+see it. Each test shows the stale read through a plain replica alias first (a
+control: without it the other assertions prove nothing), then what
+``read_your_writes`` changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.db import connections, transaction
+from django.http import HttpResponse
+from django.test import RequestFactory
+
+from django_pg_failover import causal
+from django_pg_failover.causal.routing import counts
+from django_pg_failover.lab import Cluster
+from django_pg_failover.middleware import ReadYourWritesMiddleware
+from shop.models import Order
+from tests.conftest import FAST
+from tests.markers import needs_pool
+
+from .units import create
+
+pytestmark = pytest.mark.timeout(120)
+
+
+POOL = {"pool": {"min_size": 1, "max_size": 2}}
+
+
+@pytest.fixture
+def pool() -> dict:
+    """No pool; the tests parametrised with ``POOL`` run with Django's pool too."""
+    return {}
+
+
+@pytest.fixture
+def aliases(make_alias, pool: dict) -> dict[str, str]:
+    """``primary``; ``replica`` (standbys only) reading for it; ``plain``: the same without."""
+    primary = make_alias(OPTIONS={**pool})
+    failover = {**FAST["failover"], "read_your_writes": primary, "read_your_writes_wait": 0.05}
+    replica = make_alias(OPTIONS={"target_session_attrs": "standby", "failover": failover, **pool})
+    plain = make_alias(OPTIONS={"target_session_attrs": "standby", **pool})
+    return {"primary": primary, "replica": replica, "plain": plain}
+
+
+@pytest.fixture(autouse=True)
+def fresh_scope() -> Iterator[None]:
+    causal.new_scope()  # the test thread serves no request: nothing renews it
+    yield
+    causal.new_scope()
+
+
+@pytest.fixture
+def lagging(cluster: Cluster) -> Iterator[Cluster]:
+    """Standbys that receive the WAL and replay none of it, until the test ends."""
+    for node in cluster.standbys:
+        node.scalar("SELECT pg_wal_replay_pause()")
+    try:
+        yield cluster
+    finally:
+        for node in cluster.running_standbys:
+            node.scalar("SELECT pg_wal_replay_resume()")
+
+
+def sees(alias: str, key: str) -> bool:
+    return Order.objects.using(alias).filter(key=key).exists()
+
+
+def in_recovery(alias: str) -> bool:
+    with connections[alias].connection.cursor() as cursor:
+        cursor.execute("SELECT pg_is_in_recovery()")
+        return bool(cursor.fetchone()[0])
+
+
+@pytest.mark.parametrize(
+    "pool", [pytest.param({}, id="no-pool"), pytest.param(POOL, id="pool", marks=needs_pool)]
+)
+def test_a_read_after_a_write_sees_it_and_a_fresh_scope_reads_the_standby(
+    lagging: Cluster, aliases: dict[str, str]
+) -> None:
+    key = create(aliases["primary"])
+    assert not sees(aliases["plain"], key)  # the control: the standby is stale
+    before = counts.primary
+    assert sees(aliases["replica"], key)
+    assert counts.primary == before + 1  # served by the primary
+    assert in_recovery(aliases["replica"])  # the alias itself stays on its standby
+    causal.new_scope()  # the next request, without the middleware
+    assert not sees(aliases["replica"], key)  # no write in scope: the standby, as before
+    assert counts.primary == before + 1
+
+
+def test_a_committed_transaction_is_seen_and_standbys_serve_again_once_replayed(
+    lagging: Cluster, aliases: dict[str, str]
+) -> None:
+    with transaction.atomic(using=aliases["primary"]):
+        key = create(aliases["primary"])
+        other = create(aliases["primary"])
+    assert not sees(aliases["plain"], key)
+    assert sees(aliases["replica"], key)
+    assert sees(aliases["replica"], other)
+    for node in lagging.standbys:
+        node.scalar("SELECT pg_wal_replay_resume()")
+    lagging.wait_replayed()
+    before = (counts.primary, counts.standby_asked, counts.standby_known)
+    assert sees(aliases["replica"], key)
+    assert sees(aliases["replica"], other)
+    # Asked once, then known: neither read went to the primary.
+    assert (counts.primary, counts.standby_asked, counts.standby_known) == (
+        before[0],
+        before[1] + 1,
+        before[2] + 1,
+    )
+
+
+def test_the_middleware_carries_the_position_to_the_next_request(
+    lagging: Cluster, aliases: dict[str, str]
+) -> None:
+    factory = RequestFactory()
+    written: list[str] = []
+
+    def write_view(request) -> HttpResponse:
+        written.append(create(aliases["primary"]))
+        return HttpResponse("saved")
+
+    def read_view(request) -> HttpResponse:
+        return HttpResponse("yes" if sees(aliases["replica"], written[0]) else "no")
+
+    response = ReadYourWritesMiddleware(write_view)(factory.post("/save"))
+    cookie = response.cookies[ReadYourWritesMiddleware.cookie_name]
+    assert "@" in str(cookie.value)  # signed, but readable: alias@X/Y:timestamp:signature
+
+    def next_request(value: str | None) -> str:
+        causal.new_scope()  # what request_started does
+        request = factory.get("/")
+        if value is not None:
+            request.COOKIES[ReadYourWritesMiddleware.cookie_name] = value
+        return ReadYourWritesMiddleware(read_view)(request).content.decode()
+
+    assert next_request(None) == "no"  # the control: a request without the cookie
+    assert next_request(cookie.value) == "yes"
+    forged = cookie.value.replace(cookie.value.split(":")[0], "x" + cookie.value.split(":")[0])
+    assert next_request(forged) == "no"  # altered: ignored
+    unsigned = causal.lsn.encode({aliases["primary"]: 2**40})
+    assert next_request(unsigned) == "no"  # a position without a signature: ignored
+    assert next_request(cookie.value) == "yes"
+    # A request that did not write leaves the cookie alone.
+    causal.new_scope()
+    reread = ReadYourWritesMiddleware(read_view)(factory.get("/"))
+    assert ReadYourWritesMiddleware.cookie_name not in reread.cookies
+
+
+def test_a_position_survives_a_failover_of_the_primary(
+    cluster: Cluster, aliases: dict[str, str]
+) -> None:
+    first = create(aliases["primary"])
+    assert sees(aliases["replica"], first)
+    token = causal.position()
+    old_position = causal.lsn.decode(token)[aliases["primary"]]
+    old_timeline = cluster.primary.timeline()
+    cluster.wait_replayed()
+
+    cluster.failover()  # crash the primary, promote a standby, the other follows it
+    connections.close_all()
+    assert cluster.primary.timeline() > old_timeline
+    (standby,) = cluster.running_standbys
+    standby.scalar("SELECT pg_wal_replay_pause()")
+    try:
+        causal.new_scope()
+        second = create(aliases["primary"])  # on the new primary, the new timeline
+        assert not sees(aliases["plain"], second)  # the control
+        assert sees(aliases["replica"], second)
+        new_position = causal.lsn.decode(causal.position())[aliases["primary"]]
+        assert new_position > old_position
+        # The old timeline's position, carried to a new scope: the standby on the
+        # new timeline replayed it before pausing, so it serves the read itself.
+        before = counts.primary
+        with causal.scope(token):
+            assert sees(aliases["replica"], first)
+        assert counts.primary == before
+        assert in_recovery(aliases["replica"])
+    finally:
+        standby.scalar("SELECT pg_wal_replay_resume()")
+
+
+def test_aliases_without_the_feature_keep_their_cursors(aliases: dict[str, str]) -> None:
+    from django.db.backends.utils import CursorWrapper
+
+    plain = connections[aliases["plain"]]
+    with plain.cursor() as cursor:
+        assert type(cursor) is CursorWrapper
+    assert plain.causal_role is None
+    assert connections[aliases["primary"]].cursor().__class__.__name__ == "WriteCursor"
