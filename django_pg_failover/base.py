@@ -271,7 +271,13 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         super().connect()
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:  # async_unsafe: super()
-        self._causal_connected()
+        # This connection's part in read_your_writes (the settings are current here).
+        settings = self._settings or self.failover_settings
+        self.causal_replayed = 0
+        if settings.policy.read_your_writes is None:
+            self.causal_role = "write" if self.alias in primary_aliases() else None
+        else:
+            self.causal_connected_as_replica(settings)
         connection = super().get_new_connection(conn_params)
         landing, self.landing = self.landing, None
         if landing is None:  # a pool's connection (Django 5.1+), opened by its worker
@@ -295,20 +301,17 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.reads.connected(policy.retry_reads)
         return connection
 
-    def _causal_connected(self) -> None:
-        """This connection's part in read_your_writes (settings are current here)."""
-        settings = self._settings or self.failover_settings
+    def causal_connected_as_replica(self, settings: FailoverSettings) -> None:
         target = settings.policy.read_your_writes
-        self.causal_replayed = 0
-        if target is not None and settings.target_session_attrs not in PRIMARY_ROLES:
-            from django.db import connections
+        if target is None or settings.target_session_attrs in PRIMARY_ROLES:
+            # A test mirror's replica alias reads from the primary: nothing to do.
+            self.causal_role, self.causal_target = None, None
+            return
+        from django.db import connections
 
-            check_target_exists(connections.settings, self.alias, target)
-            self.causal_role, self.causal_target = "read", target
-            self.causal_wait = settings.policy.read_your_writes_wait
-        else:  # a test mirror's replica alias reads from the primary: nothing to do
-            self.causal_role = "write" if self.alias in primary_aliases() else None
-            self.causal_target = None
+        check_target_exists(connections.settings, self.alias, target)
+        self.causal_role, self.causal_target = "read", target
+        self.causal_wait = settings.policy.read_your_writes_wait
 
     @cached_property
     def pg_version(self) -> int:
