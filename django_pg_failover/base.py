@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from django.db import connections
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.utils import DatabaseErrorWrapper, OperationalError
 from django.utils.functional import cached_property
@@ -167,6 +168,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.causal_target: str | None = None
         self.causal_wait = 0.0
         self.causal_replayed = 0
+        self._causal_aliases_seen = -1
         self.loss = self.loss_class(self)
         inherited.note(self)
 
@@ -274,10 +276,12 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         # This connection's part in read_your_writes (the settings are current here).
         settings = self._settings or self.failover_settings
         self.causal_replayed = 0
-        if settings.policy.read_your_writes is None:
-            self.causal_role = "write" if self.alias in primary_aliases() else None
-        else:
+        if settings.policy.read_your_writes is not None or self.causal_role == "read":
             self.causal_connected_as_replica(settings)
+        elif (count := len(connections.settings)) != self._causal_aliases_seen:
+            # Looked at again when aliases come or go (one len() per connect).
+            self._causal_aliases_seen = count
+            self.causal_role = "write" if self.alias in primary_aliases() else None
         connection = super().get_new_connection(conn_params)
         landing, self.landing = self.landing, None
         if landing is None:  # a pool's connection (Django 5.1+), opened by its worker
@@ -306,9 +310,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if target is None or settings.target_session_attrs in PRIMARY_ROLES:
             # A test mirror's replica alias reads from the primary: nothing to do.
             self.causal_role, self.causal_target = None, None
+            self._causal_aliases_seen = -1  # may still be a primary alias: look next time
             return
-        from django.db import connections
-
         check_target_exists(connections.settings, self.alias, target)
         self.causal_role, self.causal_target = "read", target
         self.causal_wait = settings.policy.read_your_writes_wait
