@@ -195,3 +195,23 @@ def test_aliases_without_the_feature_keep_their_cursors(aliases: dict[str, str])
         assert type(cursor) is CursorWrapper
     assert plain.causal_role is None
     assert connections[aliases["primary"]].cursor().__class__.__name__ == "WriteCursor"
+
+
+def test_a_standby_that_disappears_never_serves_a_stale_read(
+    lagging: Cluster, make_alias, aliases: dict[str, str]
+) -> None:
+    """retry_reads re-runs the read lost with its standby; on the next standby, behind
+    too, the primary serves it."""
+    failover = {**FAST["failover"], "read_your_writes": aliases["primary"], "retry_reads": True}
+    replica = make_alias(OPTIONS={"target_session_attrs": "standby", "failover": failover})
+    key = create(aliases["primary"])
+    assert not sees(aliases["plain"], key)  # the control
+    assert sees(replica, key)
+    first = connections[replica].server
+    (node,) = [n for n in lagging.standbys if n.port == first.port]
+    lagging.crash(node)
+    before = counts.primary
+    assert sees(replica, key)  # re-run on the other standby, served by the primary
+    assert connections[replica].server != first
+    assert in_recovery(replica)
+    assert counts.primary == before + 1
