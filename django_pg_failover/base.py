@@ -168,6 +168,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.causal_target: str | None = None
         self.causal_wait = 0.0
         self.causal_replayed = 0
+        #: The open connection's server incarnation, once asked (:mod:`.causal.routing`).
+        self.causal_server: tuple | None = None
         self._causal_aliases_seen = -1
         self.loss = self.loss_class(self)
         inherited.note(self)
@@ -276,6 +278,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         # This connection's part in read_your_writes (the settings are current here).
         settings = self._settings or self.failover_settings
         self.causal_replayed = 0
+        self.causal_server = None
         if settings.policy.read_your_writes is not None or self.causal_role == "read":
             self.causal_connected_as_replica(settings)
         elif (count := len(connections.settings)) != self._causal_aliases_seen:

@@ -10,8 +10,12 @@ names. How:
 2. writes were committed since the last position was taken: the position is
    asked of the primary alias's connection in this thread (one
    ``pg_current_wal_insert_lsn()``), once for the whole batch;
-3. the replica connection is known to have replayed it (the last answer of
-   its server, kept per connection): the read runs there, no round trip;
+3. the replica connection's server is known to have replayed it: the read
+   runs there, no round trip. Known from the last answer on this connection,
+   or from any connection of the process to the same server *incarnation*
+   (host and ``pg_postmaster_start_time()``): a restarted standby may show
+   less than it had replayed before (pages not yet written when it stopped
+   are replayed again), so its old answers do not count for it;
 4. else its server is asked (``pg_is_in_recovery(), pg_last_wal_replay_lsn()``),
    again every few milliseconds for up to ``read_your_writes_wait`` seconds;
    replayed: the read runs there;
@@ -55,7 +59,9 @@ from django_pg_failover.causal.scope import Scope
 logger = logging.getLogger("django_pg_failover")
 
 INSERT_POSITION = "SELECT pg_current_wal_insert_lsn()::text"
-REPLAY_POSITION = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
+REPLAY_POSITION = (
+    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_postmaster_start_time()"
+)
 # Between two questions to a standby that has not replayed yet: short at first
 # (a streaming standby replays within a millisecond or two), then 10 ms.
 FIRST_PAUSE = 0.001
@@ -73,6 +79,11 @@ class ReadCounts:
 
 
 counts = ReadCounts()
+
+#: The highest replay position each server incarnation (host, postmaster start) has
+#: reported to any connection of the process. Updated without a lock: a lost race
+#: keeps a lower position, which only costs a question.
+replayed_by_server: dict[tuple[Any, Any], int] = {}
 
 
 def connection_of(alias: str) -> Any:
@@ -111,6 +122,11 @@ def read_elsewhere(db: Any, scope: Scope) -> Any | None:
     if db.causal_replayed >= position:
         counts.standby_known += 1
         return None
+    server = db.causal_server
+    if server is not None and replayed_by_server.get(server, 0) >= position:
+        db.causal_replayed = replayed_by_server[server]
+        counts.standby_known += 1
+        return None
     if _serves(db, target, position):
         counts.standby_asked += 1
         return None
@@ -135,7 +151,7 @@ def _serves(db: Any, target: str, position: int) -> bool:
     while True:
         with db.wrap_database_errors, connection.cursor() as cursor:
             cursor.execute(REPLAY_POSITION)
-            in_recovery, replayed = cursor.fetchone()
+            in_recovery, replayed, started = cursor.fetchone()
         if not in_recovery:
             primary = connection_of(target)
             primary.ensure_connection()
@@ -144,6 +160,9 @@ def _serves(db: Any, target: str, position: int) -> bool:
                 return True
             return False
         db.causal_replayed = parse_lsn(replayed) if replayed else 0
+        db.causal_server = server = (db.server, started)
+        if db.causal_replayed > replayed_by_server.get(server, 0):
+            replayed_by_server[server] = db.causal_replayed
         if db.causal_replayed >= position:
             return True
         now = time.monotonic()

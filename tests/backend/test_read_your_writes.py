@@ -215,3 +215,27 @@ def test_a_standby_that_disappears_never_serves_a_stale_read(
     assert connections[replica].server != first
     assert in_recovery(replica)
     assert counts.primary == before + 1
+
+
+def test_what_one_connection_learns_of_a_standby_serves_the_others(
+    cluster: Cluster, make_alias, aliases: dict[str, str]
+) -> None:
+    node = cluster.standbys[0]
+    failover = {**FAST["failover"], "read_your_writes": aliases["primary"]}
+    one, other = (
+        make_alias(
+            HOST=[f"127.0.0.1:{node.port}"],
+            OPTIONS={"target_session_attrs": "standby", "failover": failover},
+        )
+        for _ in range(2)
+    )
+    create(aliases["primary"])
+    cluster.wait_replayed()
+    Order.objects.using(one).exists()  # each connection learns its server once
+    Order.objects.using(other).exists()
+    key = create(aliases["primary"])
+    cluster.wait_replayed()
+    asked, known = counts.standby_asked, counts.standby_known
+    assert sees(one, key)  # asks its server: replayed
+    assert sees(other, key)  # the same server: known, not asked
+    assert (counts.standby_asked, counts.standby_known) == (asked + 1, known + 1)
