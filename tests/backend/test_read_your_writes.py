@@ -239,3 +239,20 @@ def test_what_one_connection_learns_of_a_standby_serves_the_others(
     assert sees(one, key)  # asks its server: replayed
     assert sees(other, key)  # the same server: known, not asked
     assert (counts.standby_asked, counts.standby_known) == (asked + 1, known + 1)
+
+
+def test_a_replica_alias_on_the_primary_itself_serves_the_read(
+    lagging: Cluster, make_alias, aliases: dict[str, str]
+) -> None:
+    """prefer-standby with no standby listed lands on the primary: nothing to redirect."""
+    failover = {**FAST["failover"], "read_your_writes": aliases["primary"]}
+    replica = make_alias(
+        HOST=[f"127.0.0.1:{lagging.primary.port}"],
+        OPTIONS={"target_session_attrs": "prefer-standby", "failover": failover},
+    )
+    key = create(aliases["primary"])
+    before = counts.primary
+    assert sees(replica, key)
+    assert not in_recovery(replica)
+    assert counts.primary == before  # its own connection served it
+    assert connections[replica].causal_replayed > 0  # known from now on: no more questions
