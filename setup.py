@@ -22,6 +22,9 @@ PATRONI = [
 ]
 # The demo's and the benchmark's picture of a failover (never imported by the backend).
 DEMO = [*LAB, "matplotlib>=3.7"]
+# django-health-check 4 (the check API django_pg_failover.healthcheck implements) needs
+# Django 5.2+; with Django 4.2 pip picks a 3.x and the check's tests skip, saying why.
+HEALTH = ["django-health-check>=4.0"]
 TEST = [
     *DEMO,
     *PATRONI,
@@ -35,6 +38,7 @@ TEST = [
     "mypy>=1.10",
     "build>=1.2",
     "nox>=2024.4",
+    "django-health-check",
 ]
 DOCS = ["sphinx>=7"]
 
@@ -63,6 +67,7 @@ setup(
         "lab": LAB,
         "patroni": [*LAB, *PATRONI],
         "demo": DEMO,
+        "health": HEALTH,
         "test": TEST,
         "docs": DOCS,
     },

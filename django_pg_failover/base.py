@@ -225,6 +225,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             policy=settings.policy,
             shuffle=settings.load_balance,
             attempt_delay=settings.policy.attempt_delay,
+            password=settings.password,
         )
 
     def get_connection_params(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django_pg_failover.background import fork_gate
+from django_pg_failover.connecting import password as with_password
 from django_pg_failover.connecting.memory import host_status
 from django_pg_failover.connecting.roles import Role, asked_role, reported_role
 from django_pg_failover.connecting.verdicts import (
@@ -32,6 +33,7 @@ from django_pg_failover.connecting.verdicts import (
 )
 from django_pg_failover.drivers import Driver
 from django_pg_failover.settings.hosts import Host
+from django_pg_failover.settings.password import PasswordProvider, PasswordProviderError
 
 
 @dataclass(frozen=True)
@@ -84,16 +86,31 @@ class Landing:
 Outcome = Landing | HostFailure
 
 
-def attempt(driver: Driver, host: Host, params: Mapping[str, Any], recheck: float) -> Outcome:
+def attempt(
+    driver: Driver,
+    host: Host,
+    params: Mapping[str, Any],
+    recheck: float,
+    password: PasswordProvider | None = None,
+) -> Outcome:
     """Connect to one host and learn its role; record what that says about it.
 
     ``params`` are the alias's connection parameters without any host (the
-    caller strips them); ``recheck`` is how long the memory keeps a record.
+    caller strips them); ``recheck`` is how long the memory keeps a record;
+    ``password``: the alias's password provider (:mod:`.password`), if any.
     """
     began = time.monotonic()
     try:
         with fork_gate.inside():
-            connection = driver.connect({**params, "host": host.host, "port": host.port})
+            if password is None:  # the usual case: no call added to the connect
+                connection = driver.connect({**params, "host": host.host, "port": host.port})
+            else:
+                connection = with_password.connect(
+                    driver, {**params, "host": host.host, "port": host.port}, password
+                )
+    except PasswordProviderError as exc:
+        # Says nothing of the server (not recorded); waiting would not fix the provider.
+        return HostFailure(host, exc.reason, Verdict.REFUSED, exc)
     except driver.module.Error as exc:
         reason = driver.connect_failure_reason(exc)
         verdict = connect_verdict(reason, driver.is_connect_timeout(exc))

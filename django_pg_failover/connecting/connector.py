@@ -39,6 +39,7 @@ from django_pg_failover.connecting.race import PassResult, Race
 from django_pg_failover.connecting.roles import suits
 from django_pg_failover.drivers import Driver
 from django_pg_failover.settings.hosts import Host
+from django_pg_failover.settings.password import PasswordProvider
 from django_pg_failover.settings.policy import FailoverPolicy
 
 logger = logging.getLogger("django_pg_failover")
@@ -101,6 +102,7 @@ class Connector:
         policy: FailoverPolicy,
         shuffle: bool = False,
         attempt_delay: float = 0.2,
+        password: PasswordProvider | None = None,
     ) -> None:
         self.alias = alias
         self.sender = sender
@@ -110,10 +112,14 @@ class Connector:
         self.policy = policy
         self.shuffle = shuffle
         self.attempt_delay = attempt_delay
+        #: The password provider, asked at every attempt (:mod:`.password`); None: none.
+        self.password = password
         #: The latest failure of each host (for a pool's waiting clients).
         self.last_failures: list[HostFailure] = []
         #: The last connect has not found a server yet, or gave up.
         self.failing = False
+        #: ``search.watchers_made`` when this list last had no watcher of the process.
+        self._watchers_seen = 0
         #: ...because every host refused for good.
         self.refused_for_good = False
         #: The process's watcher of this host list, once a connect waited for one.
@@ -121,7 +127,7 @@ class Connector:
 
     def attempt(self, host: Host, params: Mapping[str, Any]) -> Outcome:
         """One attempt at ``host`` (:func:`.attempt.attempt`)."""
-        return attempt(self.driver, host, params, self.policy.host_recheck)
+        return attempt(self.driver, host, params, self.policy.host_recheck, self.password)
 
     @property
     def reached_before(self) -> bool:
@@ -314,6 +320,7 @@ class Connector:
             params.get("dbname"),
             params.get("user"),
             params.get("password"),
+            self.password.identity if self.password is not None else None,
         )
 
     def _watcher(self, params: Mapping[str, Any]) -> search.Watcher:
@@ -340,10 +347,12 @@ class Connector:
         watcher = self.watcher
         if watcher is None:
             # Another connector (another thread's wrapper) of the same list may have.
-            if not search.watchers:  # no host list of the process has waited yet
+            made = search.watchers_made
+            if made == self._watchers_seen:  # none made since this list had none
                 return None, None
             watcher = search.known_watcher(self._key(params))
             if watcher is None:
+                self._watchers_seen = made
                 return None, None
             self.watcher = watcher
         end = search.search_under_way(watcher)

@@ -268,15 +268,20 @@ class Watcher:
 
 #: The process's watchers, by host list, target and identity.
 watchers: dict[tuple, Watcher] = {}
+#: How many watchers the process has made: a connect that found none of its own
+#: list does not look again until this changes (no key built per connect).
+watchers_made = 0
 _lock = threading.Lock()
 
 
 def watcher_for(key: tuple, hosts: HostList) -> Watcher:
     """The process's watcher for a host list, target and identity (``key``)."""
+    global watchers_made
     with _lock:
         watcher = watchers.get(key)
         if watcher is None:
             watcher = watchers[key] = Watcher(key, hosts)
+            watchers_made += 1
         return watcher
 
 

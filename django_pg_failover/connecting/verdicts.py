@@ -85,6 +85,17 @@ def connect_verdict(reason: str, timed_out: bool = False) -> Verdict:
     return Verdict.UNREACHABLE
 
 
+# 28P01 invalid_password, as the server words it (for a user it does not know too).
+_PASSWORD_REFUSED = re.compile(r"password authentication failed")
+
+
+def password_refused(reason: str) -> bool:
+    """Whether the server refused the password (28P01): only its English words tell."""
+    if _SERVER_MESSAGE.match(reason) is None:
+        return False
+    return _PASSWORD_REFUSED.search(reason) is not None
+
+
 def server_message(reason: str) -> str:
     """The server's message without its severity (``FATAL:  x`` -> ``x``)."""
     match = _SERVER_MESSAGE.match(reason)

@@ -69,6 +69,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from django_pg_failover.background import fork_gate, workers
+from django_pg_failover.connecting import password as with_password
 from django_pg_failover.connecting.attempt import one_host_params
 from django_pg_failover.connecting.verdicts import (
     Verdict,
@@ -79,9 +80,11 @@ from django_pg_failover.connecting.verdicts import (
 )
 from django_pg_failover.settings.hosts import Host
 from django_pg_failover.settings.options import DEFAULT_CONNECT_TIMEOUT
+from django_pg_failover.settings.password import PasswordProviderError
 
 if TYPE_CHECKING:
     from django_pg_failover.drivers import Driver
+    from django_pg_failover.settings.conf import FailoverSettings
     from django_pg_failover.settings.policy import FailoverPolicy
 
 logger = logging.getLogger("django_pg_failover")
@@ -108,6 +111,9 @@ class Watched(Protocol):
 
     @property
     def failover_policy(self) -> FailoverPolicy: ...
+
+    @property
+    def failover_settings(self) -> FailoverSettings: ...
 
     def failover_connection_params(self) -> dict[str, Any]: ...
 
@@ -337,8 +343,10 @@ def check_session(wrapper: Watched, host: Host) -> tuple[Finding, str]:
     params = one_host_params(params, host, params.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
     try:
         with fork_gate.inside():
-            connection = driver.connect(params)
+            connection = with_password.connect(driver, params, wrapper.failover_settings.password)
     except Exception as exc:
+        if isinstance(exc, PasswordProviderError):
+            return Finding.UNKNOWN, f"the check could not try ({exc.reason})"
         if isinstance(exc, driver.module.Error):
             reason = driver.connect_failure_reason(exc)
             verdict = connect_verdict(reason, driver.is_connect_timeout(exc))

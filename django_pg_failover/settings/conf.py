@@ -23,6 +23,7 @@ from django_pg_failover.settings.options import (
     validate_options,
     validate_pool,
 )
+from django_pg_failover.settings.password import PasswordProvider, password_provider
 from django_pg_failover.settings.policy import FailoverPolicy
 from django_pg_failover.settings.redact import settings_secrets
 
@@ -37,6 +38,8 @@ class FailoverSettings:
     policy: FailoverPolicy
     #: ``load_balance_hosts=random``: the backend shuffles the hosts itself.
     load_balance: bool = False
+    #: ``OPTIONS["failover"]["password"]`` (:mod:`.password`); None: libpq's own.
+    password: PasswordProvider | None = None
 
     @cached_property
     def libpq_host_params(self) -> dict[str, str]:
@@ -75,6 +78,7 @@ class FailoverSettings:
             target_session_attrs(options),
             policy,
             load_balance=options.get("load_balance_hosts") == "random",
+            password=password_provider(settings_dict, alias),
         )
 
     @staticmethod
@@ -91,6 +95,7 @@ class FailoverSettings:
         ]
         if isinstance(options, Mapping):
             checks.append(lambda: FailoverPolicy.from_options(options.get("failover"), alias))
+            checks.append(lambda: password_provider(settings_dict, alias))
             if options.get("pool"):
                 checks.append(lambda: validate_pool(options["pool"], settings_dict, driver, alias))
         found = []

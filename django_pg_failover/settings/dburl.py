@@ -62,6 +62,7 @@ from django_pg_failover import ENGINE
 from django_pg_failover.exceptions import DatabaseURLError, SettingsError
 from django_pg_failover.settings.hosts import Host, host_setting, parse_hosts
 from django_pg_failover.settings.options import validate_options
+from django_pg_failover.settings.password import password_provider
 from django_pg_failover.settings.policy import FailoverPolicy
 from django_pg_failover.settings.redact import is_secret_key, redacted, scrub, settings_secrets
 
@@ -338,6 +339,7 @@ def _entry(url: Any, base: dict[str, Any], ssl_require: bool, secrets: list[str]
         options["sslmode"] = "require"
     _validate(lambda: validate_options(options, _driver()))
     _validate(lambda: FailoverPolicy.from_options(options.get("failover")))
+    _validate(lambda: password_provider({"PASSWORD": password, "OPTIONS": options}, None))
     return {
         "ENGINE": ENGINE,
         "NAME": name,

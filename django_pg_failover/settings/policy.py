@@ -96,7 +96,8 @@ class FailoverPolicy:
                 f"{redacted(options)} is not a dict of failover settings",
                 FAILOVER_CHECK,
             )
-        known = {f.name for f in fields(cls)}
+        # "password" names the password provider, validated apart (.password).
+        known = {f.name for f in fields(cls)} | {"password"}
         unknown = sorted(redact(str(k)) for k in options if k not in known)
         if unknown:
             raise SettingsError(
@@ -107,6 +108,8 @@ class FailoverPolicy:
             )
         values: dict[str, Any] = {}
         for name, value in options.items():
+            if name == "password":
+                continue
             if name == "retry_reads":
                 if not isinstance(value, bool):
                     raise SettingsError(

@@ -216,7 +216,10 @@ def test_every_value_in_these_modules_is_written_redacted() -> None:
     """A new error path that writes a value with repr() would escape the table above."""
     package = ROOT / "django_pg_failover"
     modules = [
-        *(f"settings/{name}" for name in ("hosts", "options", "policy", "conf", "dburl")),
+        *(
+            f"settings/{name}"
+            for name in ("hosts", "options", "policy", "conf", "dburl", "password")
+        ),
         "exceptions",
         "checks",
     ]

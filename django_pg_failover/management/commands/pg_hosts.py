@@ -51,6 +51,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 
 from django_pg_failover import ENGINE
 from django_pg_failover.base import DatabaseWrapper
+from django_pg_failover.connecting import password as with_password
 from django_pg_failover.connecting.attempt import one_host_params
 from django_pg_failover.connecting.verdicts import server_message, unexpected_failure
 from django_pg_failover.drivers import Driver
@@ -64,6 +65,7 @@ from django_pg_failover.management.hostreport import (
     would_connect,
 )
 from django_pg_failover.settings.hosts import Host
+from django_pg_failover.settings.password import PasswordProvider, PasswordProviderError
 
 DEFAULT_TIMEOUT = 2
 # How long a look at one host may take past the connect timeout for its two queries.
@@ -131,15 +133,10 @@ class Command(BaseCommand):
             raise CommandError(f"--timeout must be a whole number of seconds >= 1, not {timeout}")
         connection = failover_connection(alias)
         try:
-            conn_params = connection.failover_connection_params()
+            report, chosen = look(connection, timeout)
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
-        target_session_attrs = conn_params["target_session_attrs"]
-        # The order the backend would try them now (host status memory applied).
-        hosts = connection.connector.ordered_hosts()
-        reports = report_hosts(hosts, conn_params, timeout, connection.driver)
-        chosen = would_connect(reports, target_session_attrs)
-        report = build_report(alias, target_session_attrs, reports, chosen)
+        target_session_attrs = report["target_session_attrs"]
         if options["json"]:
             self.stdout.write(json.dumps(report, indent=2))
         else:
@@ -168,8 +165,29 @@ def failover_connection(alias: str) -> DatabaseWrapper:
 # -- probing ---------------------------------------------------------------------
 
 
+def look(connection: DatabaseWrapper, timeout: int) -> tuple[dict[str, Any], HostReport | None]:
+    """One look at every host of the alias: the ``--json`` object, and the host it would use.
+
+    What the command prints and what the health check (:mod:`django_pg_failover.health`)
+    judges: one source for both. Raises ImproperlyConfigured for bad settings.
+    """
+    conn_params = connection.failover_connection_params()
+    target_session_attrs = conn_params["target_session_attrs"]
+    # The order the backend would try them now (host status memory applied).
+    hosts = connection.connector.ordered_hosts()
+    reports = report_hosts(
+        hosts, conn_params, timeout, connection.driver, connection.failover_settings.password
+    )
+    chosen = would_connect(reports, target_session_attrs)
+    return build_report(connection.alias, target_session_attrs, reports, chosen), chosen
+
+
 def report_hosts(
-    hosts: Sequence[Host], conn_params: Mapping[str, Any], timeout: int, driver: Driver
+    hosts: Sequence[Host],
+    conn_params: Mapping[str, Any],
+    timeout: int,
+    driver: Driver,
+    password: PasswordProvider | None = None,
 ) -> list[HostReport]:
     """Probe every host in its own thread; give up on those still busy after the timeout.
 
@@ -182,7 +200,8 @@ def report_hosts(
 
     def run(host: Host) -> None:
         try:
-            results[host] = report_host(host, one_host_params(conn_params, host, timeout), driver)
+            params = one_host_params(conn_params, host, timeout)
+            results[host] = report_host(host, params, driver, password)
         except Exception as exc:  # a bug: raised again below, not lost in the thread
             crashes.append(exc)
 
@@ -204,10 +223,17 @@ def report_hosts(
     ]
 
 
-def report_host(host: Host, params: Mapping[str, Any], driver: Driver) -> HostReport:
+def report_host(
+    host: Host,
+    params: Mapping[str, Any],
+    driver: Driver,
+    password: PasswordProvider | None = None,
+) -> HostReport:
     """Connect straight to one host, time a ``SELECT 1``, and read its replication state."""
     try:
-        connection = driver.connect(params)
+        connection = with_password.connect(driver, params, password)
+    except PasswordProviderError as exc:
+        return HostReport(host, reachable=False, error=exc.reason)
     except driver.module.Error as exc:
         return HostReport(
             host, reachable=False, error=server_message(driver.connect_failure_reason(exc))
