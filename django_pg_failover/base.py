@@ -170,7 +170,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.causal_replayed = 0
         #: The open connection's server incarnation, once asked (:mod:`.causal.routing`).
         self.causal_server: tuple | None = None
-        self._causal_aliases_seen = -1
+        self._causal_unknown = True
         self.loss = self.loss_class(self)
         inherited.note(self)
 
@@ -282,9 +282,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.causal_server = None
         if settings.policy.read_your_writes is not None or self.causal_role == "read":
             self.causal_connected_as_replica(settings)
-        elif (count := len(connections.settings)) != self._causal_aliases_seen:
-            # Looked at again when aliases come or go (one len() per connect).
-            self._causal_aliases_seen = count
+        elif self._causal_unknown:
+            # Once per wrapper (DATABASES does not change); an alias added later
+            # that names this one tells it when it connects (below).
+            self._causal_unknown = False
             self.causal_role = "write" if self.alias in primary_aliases() else None
         connection = super().get_new_connection(conn_params)
         landing, self.landing = self.landing, None
@@ -314,9 +315,12 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if target is None or settings.target_session_attrs in PRIMARY_ROLES:
             # A test mirror's replica alias reads from the primary: nothing to do.
             self.causal_role, self.causal_target = None, None
-            self._causal_aliases_seen = -1  # may still be a primary alias: look next time
+            self._causal_unknown = True  # may still be a primary alias: look next time
             return
         check_target_exists(connections.settings, self.alias, target)
+        primary = connections[target]
+        if primary.causal_role is None:  # it connected before this alias was added
+            primary.causal_role, primary._causal_unknown = "write", False
         self.causal_role, self.causal_target = "read", target
         self.causal_wait = settings.policy.read_your_writes_wait
 

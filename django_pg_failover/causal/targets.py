@@ -1,10 +1,11 @@
 """Which aliases are primary aliases of a replica alias (their writes are marked).
 
-Read from Django's ``connections.settings`` when an alias connects, and
-computed again only when aliases are added or removed (a primary alias must
-mark its writes before any replica alias was ever used in the process: the
-first write of a thread may come first). The look costs a few calls per
-connect: it runs on every pool checkout.
+Read from Django's ``connections.settings`` at the first connect of each
+alias's wrapper (a primary alias must mark its writes before any replica
+alias was ever used in the process: the first write of a thread may come
+first), and computed again only when aliases are added or removed. A replica
+alias added after its primary alias's wrapper connected sets that wrapper's
+part itself when it connects (:mod:`django_pg_failover.base`).
 """
 
 from __future__ import annotations

@@ -256,3 +256,17 @@ def test_a_replica_alias_on_the_primary_itself_serves_the_read(
     assert not in_recovery(replica)
     assert counts.primary == before  # its own connection served it
     assert connections[replica].causal_replayed > 0  # known from now on: no more questions
+
+
+def test_a_replica_alias_added_later_makes_its_primary_mark_writes(
+    lagging: Cluster, make_alias
+) -> None:
+    primary = make_alias()
+    create(primary)  # connected before any alias named it: it marks nothing
+    assert connections[primary].causal_role is None
+    failover = {**FAST["failover"], "read_your_writes": primary}
+    replica = make_alias(OPTIONS={"target_session_attrs": "standby", "failover": failover})
+    connections[replica].ensure_connection()
+    assert connections[primary].causal_role == "write"
+    key = create(primary)
+    assert sees(replica, key)

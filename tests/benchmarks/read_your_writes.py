@@ -38,8 +38,9 @@ def add_aliases(cluster: Cluster, pool: bool) -> None:
         connections.settings[alias] = connections.configure_settings(
             {"default": {}, alias: database}
         )[alias]
-    # A connection learns its part when it opens: "ours" must open again to mark writes.
-    connections["ours"].close()
+    # "ours" connected before these aliases existed: the replica alias tells it to mark
+    # its writes when it connects.
+    connections[RYW].ensure_connection()
 
 
 def load(alias: str, pk: int, requests: int, write_share: float, seed: int) -> dict[str, Any]:
