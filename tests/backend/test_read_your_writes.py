@@ -270,3 +270,16 @@ def test_a_replica_alias_added_later_makes_its_primary_mark_writes(
     assert connections[primary].causal_role == "write"
     key = create(primary)
     assert sees(replica, key)
+
+
+def test_an_iterator_read_runs_on_the_primary_when_the_standby_is_behind(
+    lagging: Cluster, aliases: dict[str, str]
+) -> None:
+    """QuerySet.iterator() (a server-side cursor on the replica alias's connection)."""
+    keys = [create(aliases["primary"]) for _ in range(3)]
+    query = Order.objects.filter(key__in=keys).values_list("key", flat=True)
+    assert list(query.using(aliases["plain"]).iterator(chunk_size=2)) == []  # the control
+    before = counts.primary
+    assert sorted(query.using(aliases["replica"]).iterator(chunk_size=2)) == sorted(keys)
+    assert counts.primary == before + 1
+    assert list(query.using(aliases["replica"]).filter(key="none")) == []  # and on it goes
