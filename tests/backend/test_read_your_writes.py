@@ -283,3 +283,28 @@ def test_an_iterator_read_runs_on_the_primary_when_the_standby_is_behind(
     assert sorted(query.using(aliases["replica"]).iterator(chunk_size=2)) == sorted(keys)
     assert counts.primary == before + 1
     assert list(query.using(aliases["replica"]).filter(key="none")) == []  # and on it goes
+
+
+def test_the_testproject_recipe_reads_its_clients_writes(lagging: Cluster) -> None:
+    """testproject with DJANGO_DB_REPLICA=1: the router, the replica alias, the middleware,
+    through Django's request handling (request_started included), in a process of its own."""
+    from tests.backend.test_django_commands import project_env, run
+
+    code = (
+        "import json, uuid\n"
+        "from django.test import Client\n"
+        "client, stranger = Client(), Client()\n"
+        "key = uuid.uuid4().hex\n"
+        "made = client.post('/orders/', json.dumps({'key': key}), 'application/json')\n"
+        "assert made.status_code == 201, made.content\n"
+        "print(client.get(f'/orders/{key}/').status_code,"
+        " stranger.get(f'/orders/{key}/').status_code)\n"
+    )
+    env = project_env(lagging, DJANGO_DB_REPLICA="1")
+    result = run(["manage.py", "shell", "-c", code], env)
+    assert result.returncode == 0, result.stderr
+    # The writer's next request sees its order; another client, reading from the
+    # lagging standby like any plain replica alias, does not (the control).
+    assert result.stdout.split()[-2:] == ["200", "404"]
+    check = run(["manage.py", "check"], env)
+    assert check.returncode == 0, check.stderr
