@@ -167,7 +167,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.causal_role: str | None = None
         self.causal_target: str | None = None
         self.causal_wait = 0.0
-        self.causal_replayed = 0
+        self.causal_replayed: tuple[int, int] = (0, 0)
         #: The open connection's server incarnation, once asked (:mod:`.causal.routing`).
         self.causal_server: tuple | None = None
         self._causal_unknown = True
@@ -278,7 +278,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:  # async_unsafe: super()
         # This connection's part in read_your_writes (the settings are current here).
         settings = self._settings or self.failover_settings
-        self.causal_replayed = 0
+        self.causal_replayed = (0, 0)
         self.causal_server = None
         if settings.policy.read_your_writes is not None or self.causal_role == "read":
             self.causal_connected_as_replica(settings)

@@ -1,15 +1,28 @@
-"""WAL positions (LSNs) as PostgreSQL writes them, and the tokens that carry them.
+"""WAL positions as PostgreSQL writes them, with their timeline, and the tokens that carry them.
 
-A position is PostgreSQL's ``pg_lsn``: a byte offset into the write-ahead log,
-written ``X/Y`` (two hexadecimal 32-bit halves). Kept as an int, positions
-compare as numbers, and they keep comparing correctly across a failover: a
-promoted standby starts its new timeline at the position it had replayed and
-numbers its WAL on from there, so a position taken on the old primary is
-reached on the new timeline by every server that holds the write (a write the
-new primary never received is lost with the old timeline anyway).
+An LSN is PostgreSQL's ``pg_lsn``: a byte offset into the write-ahead log,
+written ``X/Y`` (two hexadecimal 32-bit halves), kept here as an int. A
+*position* is the pair (timeline, LSN) of the primary that gave it.
 
-A token is a scope's positions as text, ``alias@X/Y`` per primary alias joined
-by commas: what :func:`django_pg_failover.causal.position` hands out and
+Why the timeline: LSNs alone are timeline-blind. A promoted standby starts a
+new timeline at the LSN it had replayed (the switch point) and numbers its WAL
+on from there. A standby that received more of the old primary's WAL than the
+promoted one (it diverged, and cannot follow the new timeline without a
+rewind) shows a replay LSN beyond the switch point that is *not* the new
+primary's history: by LSN alone it would look as if it had replayed the new
+primary's first writes. So a server has replayed a position only if it is on
+that position's timeline or a later one, and its replay LSN is at least the
+position's (:func:`covers`). Positions from the old timeline stay valid on
+the new one: below the switch point the history is common, beyond it the
+write was lost with the old timeline.
+
+Positions merge by taking the later timeline's (then the higher LSN): a
+position of a later timeline supersedes, as its primary's history holds
+everything of the earlier one that survived.
+
+A token is a scope's positions as text, ``alias@T:X/Y`` per primary alias
+joined by commas (``T``: the timeline, decimal): what
+:func:`django_pg_failover.causal.position` hands out and
 :func:`~django_pg_failover.causal.resume` takes back. Parsing is strict (a
 token may come from a cookie: anything else is refused, never guessed at).
 """
@@ -18,7 +31,13 @@ from __future__ import annotations
 
 import re
 
+#: (timeline, LSN).
+Position = tuple[int, int]
+
+NOWHERE: Position = (0, 0)
+
 _LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+_TIMELINE = re.compile(r"[1-9][0-9]{0,9}")
 _MAX_ALIASES = 16  # a token names a few primary aliases; more is not one of ours
 
 
@@ -30,21 +49,39 @@ def parse_lsn(text: str) -> int:
     return (int(match[1], 16) << 32) | int(match[2], 16)
 
 
-def format_lsn(position: int) -> str:
-    if not 0 <= position < 1 << 64:
-        raise ValueError(f"not a WAL position: {position!r}")
-    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+def format_lsn(lsn: int) -> str:
+    if not 0 <= lsn < 1 << 64:
+        raise ValueError(f"not a WAL position: {lsn!r}")
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
-def encode(positions: dict[str, int]) -> str:
+def timeline_of_walfile(name: str) -> int:
+    """The timeline a WAL file name starts with (``pg_walfile_name()``: 8 hex digits)."""
+    return int(name[:8], 16)
+
+
+def covers(replayed: Position, position: Position) -> bool:
+    """Has a server whose replay reached ``replayed`` replayed ``position``?"""
+    return replayed[0] >= position[0] and replayed[1] >= position[1]
+
+
+def later(a: Position, b: Position) -> Position:
+    """Of two positions of one primary alias, the one that supersedes."""
+    return a if a >= b else b
+
+
+def encode(positions: dict[str, Position]) -> str:
     """Positions by primary alias as one token ('' for none)."""
     for alias in positions:
         if not alias or "@" in alias or "," in alias:
             raise ValueError(f"alias {alias!r} cannot be carried in a token")
-    return ",".join(f"{alias}@{format_lsn(p)}" for alias, p in sorted(positions.items()))
+    return ",".join(
+        f"{alias}@{timeline}:{format_lsn(lsn)}"
+        for alias, (timeline, lsn) in sorted(positions.items())
+    )
 
 
-def decode(token: str) -> dict[str, int]:
+def decode(token: str) -> dict[str, Position]:
     """A token back into positions by alias; ValueError if it is not one."""
     if not isinstance(token, str):
         raise ValueError("a token is a string")
@@ -53,11 +90,12 @@ def decode(token: str) -> dict[str, int]:
     items = token.split(",")
     if len(items) > _MAX_ALIASES:
         raise ValueError("too many positions in one token")
-    positions: dict[str, int] = {}
+    positions: dict[str, Position] = {}
     for item in items:
-        alias, at, lsn = item.rpartition("@")
-        if not at or not alias:
-            raise ValueError(f"not alias@position: {item!r:.60}")
-        value = parse_lsn(lsn)
-        positions[alias] = max(value, positions.get(alias, 0))
+        alias, at, rest = item.rpartition("@")
+        timeline, colon, lsn = rest.partition(":")
+        if not at or not alias or not colon or not _TIMELINE.fullmatch(timeline):
+            raise ValueError(f"not alias@timeline:position: {item!r:.60}")
+        position = (int(timeline), parse_lsn(lsn))
+        positions[alias] = later(position, positions.get(alias, NOWHERE))
     return positions

@@ -16,7 +16,8 @@ names. How:
    (host and ``pg_postmaster_start_time()``): a restarted standby may show
    less than it had replayed before (pages not yet written when it stopped
    are replayed again), so its old answers do not count for it;
-4. else its server is asked (``pg_is_in_recovery(), pg_last_wal_replay_lsn()``),
+4. else its server is asked (``pg_is_in_recovery(), pg_last_wal_replay_lsn()``
+   and its timeline),
    again every few milliseconds for up to ``read_your_writes_wait`` seconds;
    replayed: the read runs there;
 5. still behind: the read runs on the primary alias's connection (a cursor of
@@ -43,7 +44,8 @@ split brain, whose positions mean nothing.
 
 Positions survive a failover of the primary (:mod:`.lsn`): the new primary
 takes later positions from its own WAL, which carries on the old one's
-numbering.
+numbering, on a later timeline; a standby serves a position only once it is
+on that timeline (a standby that diverged from the new primary never is).
 """
 
 from __future__ import annotations
@@ -53,14 +55,22 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from django_pg_failover.causal.lsn import parse_lsn
+from django_pg_failover.causal.lsn import NOWHERE, Position, covers, parse_lsn, timeline_of_walfile
 from django_pg_failover.causal.scope import Scope
 
 logger = logging.getLogger("django_pg_failover")
 
-INSERT_POSITION = "SELECT pg_current_wal_insert_lsn()::text"
+INSERT_POSITION = (
+    "SELECT pg_current_wal_insert_lsn()::text, pg_walfile_name(pg_current_wal_insert_lsn())"
+)
+# The standby's timeline: its WAL receiver's (readable with pg_read_all_stats
+# only), or its last restartpoint's, whichever is later. The restartpoint's lags
+# after a standby moves to a new timeline (until its next restartpoint): reads
+# with positions of the new timeline go to the primary meanwhile. Never ahead.
 REPLAY_POSITION = (
-    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_postmaster_start_time()"
+    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_postmaster_start_time(),"
+    " GREATEST((SELECT received_tli FROM pg_stat_wal_receiver),"
+    " (SELECT timeline_id FROM pg_control_checkpoint()))"
 )
 # Between two questions to a standby that has not replayed yet: short at first
 # (a streaming standby replays within a millisecond or two), then 10 ms.
@@ -80,10 +90,10 @@ class ReadCounts:
 
 counts = ReadCounts()
 
-#: The highest replay position each server incarnation (host, postmaster start) has
-#: reported to any connection of the process. Updated without a lock: a lost race
-#: keeps a lower position, which only costs a question.
-replayed_by_server: dict[tuple[Any, Any], int] = {}
+#: The latest replay position each server incarnation (host, postmaster start) has
+#: reported to any connection of the process (both parts only grow). Updated
+#: without a lock: a lost race keeps an older answer, which only costs a question.
+replayed_by_server: dict[tuple[Any, Any], Position] = {}
 
 
 def connection_of(alias: str) -> Any:
@@ -92,13 +102,14 @@ def connection_of(alias: str) -> Any:
     return connections[alias]
 
 
-def take_position(scope: Scope, target: str) -> int:
+def take_position(scope: Scope, target: str) -> Position:
     """Ask the primary alias's connection for its position; the scope keeps it."""
     primary = connection_of(target)
     primary.ensure_connection()
     with primary.wrap_database_errors, primary.connection.cursor() as cursor:
         cursor.execute(INSERT_POSITION)
-        position = parse_lsn(cursor.fetchone()[0])
+        lsn, walfile = cursor.fetchone()
+        position = (timeline_of_walfile(walfile), parse_lsn(lsn))
     scope.written.discard(target)
     scope.took = True
     scope.merge({target: position})
@@ -106,7 +117,7 @@ def take_position(scope: Scope, target: str) -> int:
     return scope.positions[target]
 
 
-def position_for(scope: Scope, target: str) -> int | None:
+def position_for(scope: Scope, target: str) -> Position | None:
     if target in scope.written:
         return take_position(scope, target)
     return scope.positions.get(target)
@@ -119,11 +130,11 @@ def read_elsewhere(db: Any, scope: Scope) -> Any | None:
     position = position_for(scope, target)
     if position is None:
         return None
-    if db.causal_replayed >= position:
+    if covers(db.causal_replayed, position):
         counts.standby_known += 1
         return None
     server = db.causal_server
-    if server is not None and replayed_by_server.get(server, 0) >= position:
+    if server is not None and covers(replayed_by_server.get(server, NOWHERE), position):
         db.causal_replayed = replayed_by_server[server]
         counts.standby_known += 1
         return None
@@ -141,7 +152,7 @@ def read_elsewhere(db: Any, scope: Scope) -> Any | None:
     return primary.create_cursor()
 
 
-def _serves(db: Any, target: str, position: int) -> bool:
+def _serves(db: Any, target: str, position: Position) -> bool:
     """Has (or will within the wait) the replica connection's server replayed ``position``?"""
     connection = db.connection
     if connection is None:
@@ -151,7 +162,7 @@ def _serves(db: Any, target: str, position: int) -> bool:
     while True:
         with db.wrap_database_errors, connection.cursor() as cursor:
             cursor.execute(REPLAY_POSITION)
-            in_recovery, replayed, started = cursor.fetchone()
+            in_recovery, replayed, started, timeline = cursor.fetchone()
         if not in_recovery:
             primary = connection_of(target)
             primary.ensure_connection()
@@ -159,11 +170,14 @@ def _serves(db: Any, target: str, position: int) -> bool:
                 db.causal_replayed = position  # the primary itself: up to date until lost
                 return True
             return False
-        db.causal_replayed = parse_lsn(replayed) if replayed else 0
+        db.causal_replayed = (timeline or 0, parse_lsn(replayed) if replayed else 0)
         db.causal_server = server = (db.server, started)
-        if db.causal_replayed > replayed_by_server.get(server, 0):
-            replayed_by_server[server] = db.causal_replayed
-        if db.causal_replayed >= position:
+        known = replayed_by_server.get(server, NOWHERE)
+        replayed_by_server[server] = (
+            max(known[0], db.causal_replayed[0]),
+            max(known[1], db.causal_replayed[1]),
+        )
+        if covers(db.causal_replayed, position):
             return True
         now = time.monotonic()
         if deadline is None:

@@ -8,9 +8,10 @@ alias (an alias some replica alias names in ``read_your_writes``):
   their position was last taken. Marking is all a write costs (a set's
   ``add``): the position itself is asked of the primary only when a read on a
   replica alias needs it, once per batch of writes (:mod:`.routing`);
-- ``positions``: the WAL position each primary alias had reached after this
-  scope's writes (taken, or resumed from a token): reads through the replica
-  alias are served only by a server that has replayed it.
+- ``positions``: the WAL position (timeline and LSN, :mod:`.lsn`) each primary
+  alias had reached after this scope's writes (taken, or resumed from a
+  token): reads through the replica alias are served only by a server that
+  has replayed it.
 
 A thread-local, not a context variable: Django runs a request's sync code,
 signals and middleware in one thread (under ASGI too, thread-sensitive), and
@@ -21,13 +22,15 @@ from __future__ import annotations
 
 import threading
 
+from django_pg_failover.causal.lsn import Position, later
+
 
 class Scope:
     __slots__ = ("positions", "took", "written")
 
     def __init__(self) -> None:
         self.written: set[str] = set()
-        self.positions: dict[str, int] = {}
+        self.positions: dict[str, Position] = {}
         #: A position of this scope's own writes was taken (not only resumed).
         self.took = False
 
@@ -35,10 +38,10 @@ class Scope:
         """Did this scope commit writes through a primary alias (not just resume some)?"""
         return bool(self.written) or self.took
 
-    def merge(self, positions: dict[str, int]) -> None:
+    def merge(self, positions: dict[str, Position]) -> None:
         for alias, position in positions.items():
-            if position > self.positions.get(alias, -1):
-                self.positions[alias] = position
+            known = self.positions.get(alias)
+            self.positions[alias] = position if known is None else later(position, known)
 
 
 class _Local(threading.local):

@@ -145,7 +145,7 @@ def test_the_middleware_carries_the_position_to_the_next_request(
     assert next_request(cookie.value) == "yes"
     forged = cookie.value.replace(cookie.value.split(":")[0], "x" + cookie.value.split(":")[0])
     assert next_request(forged) == "no"  # altered: ignored
-    unsigned = causal.lsn.encode({aliases["primary"]: 2**40})
+    unsigned = causal.lsn.encode({aliases["primary"]: (1, 2**40)})
     assert next_request(unsigned) == "no"  # a position without a signature: ignored
     assert next_request(cookie.value) == "yes"
     # A request that did not write leaves the cookie alone.
@@ -175,7 +175,9 @@ def test_a_position_survives_a_failover_of_the_primary(
         assert not sees(aliases["plain"], second)  # the control
         assert sees(aliases["replica"], second)
         new_position = causal.lsn.decode(causal.position())[aliases["primary"]]
-        assert new_position > old_position
+        assert old_position[0] == old_timeline
+        assert new_position[0] == cluster.primary.timeline() > old_timeline
+        assert new_position[1] > old_position[1]
         # The old timeline's position, carried to a new scope: the standby on the
         # new timeline replayed it before pausing, so it serves the read itself.
         before = counts.primary
@@ -255,7 +257,7 @@ def test_a_replica_alias_on_the_primary_itself_serves_the_read(
     assert sees(replica, key)
     assert not in_recovery(replica)
     assert counts.primary == before  # its own connection served it
-    assert connections[replica].causal_replayed > 0  # known from now on: no more questions
+    assert connections[replica].causal_replayed > (0, 0)  # known now: no more questions
 
 
 def test_a_replica_alias_added_later_makes_its_primary_mark_writes(
@@ -308,3 +310,39 @@ def test_the_testproject_recipe_reads_its_clients_writes(lagging: Cluster) -> No
     assert result.stdout.split()[-2:] == ["200", "404"]
     check = run(["manage.py", "check"], env)
     assert check.returncode == 0, check.stderr
+
+
+def test_a_standby_that_diverged_from_the_new_primary_does_not_serve_its_positions(
+    cluster: Cluster, make_alias
+) -> None:
+    """LSNs alone are timeline-blind: a standby left on the old timeline beyond the
+    switch point shows a replay LSN past the new primary's first writes without them."""
+    old, promoted, diverged = cluster.primary, *cluster.standbys
+    promoted.scalar("ALTER SYSTEM SET primary_conninfo = ''")
+    promoted.scalar("SELECT pg_reload_conf()")  # it receives nothing more
+    old.scalar(
+        "INSERT INTO shop_order (key, amount, created_at) SELECT 'old-' || g, 0, now() "
+        "FROM generate_series(1, 20000) g",
+        dbname="app",
+    )
+    target = old.wal_position()
+    cluster.wait_replayed([diverged])
+    assert promoted.replay_position() < target
+    cluster.crash(old)
+    cluster.promote(promoted)  # timeline 2 from where it stopped; diverged stays on 1
+
+    primary = make_alias()
+    failover = {**FAST["failover"], "read_your_writes": primary}
+    on_diverged = [f"127.0.0.1:{diverged.port}"]
+    replica = make_alias(
+        HOST=on_diverged, OPTIONS={"target_session_attrs": "standby", "failover": failover}
+    )
+    plain = make_alias(HOST=on_diverged, OPTIONS={"target_session_attrs": "standby"})
+    key = create(primary)
+    timeline, lsn = causal.lsn.decode(causal.position())[primary]
+    assert timeline == 2
+    assert lsn < diverged.replay_position()  # by LSN alone the standby would serve it
+    assert not sees(plain, key)  # the control: it does not have the write
+    before = counts.primary
+    assert sees(replica, key)
+    assert counts.primary == before + 1

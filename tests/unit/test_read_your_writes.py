@@ -54,45 +54,71 @@ def test_format_and_parse_round_trip(position: int) -> None:
 
 
 def test_tokens_round_trip_and_keep_the_highest_position() -> None:
-    token = lsn.encode({"default": 0x3000060, "other": 5 << 32})
-    assert token == "default@0/3000060,other@5/0"
-    assert lsn.decode(token) == {"default": 0x3000060, "other": 5 << 32}
-    assert lsn.decode("a@0/10,a@0/5") == {"a": 0x10}
+    token = lsn.encode({"default": (1, 0x3000060), "other": (12, 5 << 32)})
+    assert token == "default@1:0/3000060,other@12:5/0"
+    assert lsn.decode(token) == {"default": (1, 0x3000060), "other": (12, 5 << 32)}
+    assert lsn.decode("a@1:0/10,a@1:0/5") == {"a": (1, 0x10)}
+    # A later timeline supersedes, even at a lower LSN (the rest was lost with the old one).
+    assert lsn.decode("a@1:0/10,a@2:0/8") == {"a": (2, 0x8)}
     assert lsn.decode("") == {}
 
 
-@pytest.mark.parametrize("token", ["default", "@0/1", "default@", "default@0/1,", "a@1/x", "a@@"])
+def test_a_server_covers_a_position_on_its_timeline_or_a_later_one() -> None:
+    assert lsn.covers((1, 100), (1, 100))
+    assert lsn.covers((2, 100), (1, 90))  # an older timeline's position: common history
+    assert not lsn.covers((1, 99), (1, 100))
+    # Timeline-blind LSNs would say yes: a standby that diverged on timeline 1 beyond
+    # the switch point has not replayed the new primary's timeline 2.
+    assert not lsn.covers((1, 500), (2, 100))
+    assert lsn.timeline_of_walfile("0000000A000000000000002B") == 10
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "default",
+        "@1:0/1",
+        "default@",
+        "default@0/1",
+        "default@0:0/1",
+        "default@-1:0/1",
+        "default@1:0/1,",
+        "a@1:1/x",
+        "a@@",
+        "a@1:",
+    ],
+)
 def test_a_token_is_parsed_strictly(token: str) -> None:
-    with pytest.raises(ValueError, match=r"not alias@position|not a WAL position"):
+    with pytest.raises(ValueError, match=r"not alias@timeline:position|not a WAL position"):
         lsn.decode(token)
 
 
 def test_a_token_names_a_few_aliases_at_most() -> None:
     with pytest.raises(ValueError, match="too many"):
-        lsn.decode(",".join(f"a{i}@0/1" for i in range(17)))
+        lsn.decode(",".join(f"a{i}@1:0/1" for i in range(17)))
 
 
 # -- the scope and the public API -----------------------------------------------------------
 
 
 def test_resume_merges_and_a_block_scope_restores_the_previous_one() -> None:
-    causal.resume("default@0/10")
-    causal.resume("default@0/5")
-    assert current().positions == {"default": 0x10}
+    causal.resume("default@1:0/10")
+    causal.resume("default@1:0/5")
+    assert current().positions == {"default": (1, 0x10)}
     assert not causal.wrote()  # resumed, not written
-    assert causal.position() == "default@0/10"
-    with causal.scope("default@0/20,replica_of@1/0"):
-        assert current().positions == {"default": 0x20, "replica_of": 1 << 32}
+    assert causal.position() == "default@1:0/10"
+    with causal.scope("default@1:0/20,replica_of@1:1/0"):
+        assert current().positions == {"default": (1, 0x20), "replica_of": (1, 1 << 32)}
         with causal.scope():
             assert causal.position() == ""
-    assert current().positions == {"default": 0x10}
+    assert current().positions == {"default": (1, 0x10)}
     causal.new_scope()
     assert causal.position() == ""
 
 
 def test_resume_refuses_what_is_not_a_token() -> None:
     with pytest.raises(ValueError, match="not a WAL position"):
-        causal.resume("default@yesterday")
+        causal.resume("default@1:yesterday")
     assert current().positions == {}
 
 
@@ -222,13 +248,13 @@ def run(cookie: str | None = None, wrote: str | None = None) -> tuple[HttpRespon
 
 
 def test_a_writing_request_sets_a_signed_short_lived_cookie() -> None:
-    response, _ = run(wrote="default@0/10")
+    response, _ = run(wrote="default@1:0/10")
     morsel = response.cookies[ReadYourWritesMiddleware.cookie_name]
     assert morsel["max-age"] == ReadYourWritesMiddleware.max_age
     assert morsel["httponly"]
     assert morsel["samesite"] == "Lax"
     _, seen = run(cookie_of(response))
-    assert seen == {"default": 0x10}
+    assert seen == {"default": (1, 0x10)}
 
 
 def test_a_request_that_did_not_write_sets_no_cookie() -> None:
@@ -237,20 +263,20 @@ def test_a_request_that_did_not_write_sets_no_cookie() -> None:
 
 
 def test_forged_altered_or_stale_cookies_are_ignored(monkeypatch) -> None:
-    genuine = cookie_of(run(wrote="default@0/10")[0])
+    genuine = cookie_of(run(wrote="default@1:0/10")[0])
     value, _, signature = genuine.rpartition(":")
     bad_signature = f"{value}:{'A' * len(signature)}"
-    altered = genuine.replace("0/10", "FF/0")
-    unsigned = "default@FF/0"
+    altered = genuine.replace("1:0/10", "1:FF/0")
+    unsigned = "default@1:FF/0"
     other_salt = signing.get_cookie_signer(salt=ReadYourWritesMiddleware.cookie_name).sign(
-        "default@FF/0"
+        "default@1:FF/0"
     )
     for cookie in (bad_signature, altered, unsigned, other_salt, ""):
         assert run(cookie)[1] == {}, cookie
     # Stale: signed longer ago than max_age.
     signed_at = time.time() - ReadYourWritesMiddleware.max_age - 5
     monkeypatch.setattr(signing.time, "time", lambda: signed_at)
-    stale = cookie_of(run(wrote="default@0/10")[0])
+    stale = cookie_of(run(wrote="default@1:0/10")[0])
     monkeypatch.undo()
     assert run(stale)[1] == {}
-    assert run(genuine)[1] == {"default": 0x10}
+    assert run(genuine)[1] == {"default": (1, 0x10)}
