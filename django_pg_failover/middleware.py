@@ -15,6 +15,10 @@ through the replica alias see those writes (:mod:`.causal.routing`).
   at its end, unless a read through the replica alias after its last write
   took it already: the next request may reach another process, which could
   not ask for it later.
+- A request whose writes' primary cannot be asked at its end (a failover
+  under way) still answers: its cookie carries the writes as pending, and
+  the next request asks the primary of the moment, whose position covers
+  them if they survived.
 - A request that did not write leaves the cookie as it is: it expires by
   itself once the standbys have long replayed it.
 
@@ -57,7 +61,7 @@ class ReadYourWritesMiddleware:
         if causal.wrote():
             response.set_signed_cookie(
                 self.cookie_name,
-                causal.position(),
+                causal.carried(),
                 salt=self.salt,
                 max_age=self.max_age,
                 httponly=True,

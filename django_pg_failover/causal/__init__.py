@@ -6,6 +6,8 @@ committed through ``default`` (:mod:`.routing`). The scope is the thread,
 renewed at each request (:mod:`.scope`); these functions carry it further:
 
 - :func:`position` gives the scope's positions as a short string (a token);
+  :func:`carried` too, but never fails: writes whose primary cannot be asked
+  (a failover under way) are carried as pending, for the next scope to ask;
 - :func:`resume` makes the current scope wait for a token's positions too;
 - :func:`scope` runs a block in a fresh scope (a Celery task, a command),
   optionally resumed from a token, and restores the previous one after.
@@ -22,7 +24,7 @@ from contextlib import contextmanager
 from django_pg_failover.causal import lsn
 from django_pg_failover.causal import scope as _scope
 
-__all__ = ["new_scope", "position", "resume", "scope", "wrote"]
+__all__ = ["carried", "new_scope", "position", "resume", "scope", "wrote"]
 
 
 def position() -> str:
@@ -37,6 +39,21 @@ def position() -> str:
     for target in sorted(current.written):
         take_position(current, target)
     return lsn.encode(current.positions)
+
+
+def carried() -> str:
+    """:func:`position` for a client to carry: writes whose primary cannot be asked
+    now are carried as pending (the next scope asks its primary then)."""
+    from django.db import DatabaseError
+
+    try:
+        return position()
+    except DatabaseError:
+        current = _scope.current()
+        carry: dict[str, lsn.Position | None] = {**current.positions}
+        for alias in current.written:
+            carry[alias] = None
+        return lsn.encode(carry)
 
 
 def resume(token: str) -> None:

@@ -21,7 +21,10 @@ position of a later timeline supersedes, as its primary's history holds
 everything of the earlier one that survived.
 
 A token is a scope's positions as text, ``alias@T:X/Y`` per primary alias
-joined by commas (``T``: the timeline, decimal): what
+joined by commas (``T``: the timeline, decimal), or ``alias@pending`` for
+writes whose position could not be taken (their primary was unreachable):
+whoever resumes it asks that alias's primary for its position then, which
+covers the writes if they survived. It is what
 :func:`django_pg_failover.causal.position` hands out and
 :func:`~django_pg_failover.causal.resume` takes back. Parsing is strict (a
 token may come from a cookie: anything else is refused, never guessed at).
@@ -30,11 +33,14 @@ token may come from a cookie: anything else is refused, never guessed at).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 #: (timeline, LSN).
 Position = tuple[int, int]
 
 NOWHERE: Position = (0, 0)
+#: In a token: writes whose position is still to be taken (None in positions).
+PENDING = "pending"
 
 _LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
 _TIMELINE = re.compile(r"[1-9][0-9]{0,9}")
@@ -70,19 +76,19 @@ def later(a: Position, b: Position) -> Position:
     return a if a >= b else b
 
 
-def encode(positions: dict[str, Position]) -> str:
-    """Positions by primary alias as one token ('' for none)."""
+def encode(positions: Mapping[str, Position | None]) -> str:
+    """Positions by primary alias as one token ('' for none; None: pending)."""
     for alias in positions:
         if not alias or "@" in alias or "," in alias:
             raise ValueError(f"alias {alias!r} cannot be carried in a token")
     return ",".join(
-        f"{alias}@{timeline}:{format_lsn(lsn)}"
-        for alias, (timeline, lsn) in sorted(positions.items())
+        f"{alias}@{PENDING if p is None else f'{p[0]}:{format_lsn(p[1])}'}"
+        for alias, p in sorted(positions.items())
     )
 
 
-def decode(token: str) -> dict[str, Position]:
-    """A token back into positions by alias; ValueError if it is not one."""
+def decode(token: str) -> dict[str, Position | None]:
+    """A token back into positions by alias (None: pending); ValueError if it is not one."""
     if not isinstance(token, str):
         raise ValueError("a token is a string")
     if not token:
@@ -90,12 +96,18 @@ def decode(token: str) -> dict[str, Position]:
     items = token.split(",")
     if len(items) > _MAX_ALIASES:
         raise ValueError("too many positions in one token")
-    positions: dict[str, Position] = {}
+    positions: dict[str, Position | None] = {}
     for item in items:
         alias, at, rest = item.rpartition("@")
+        if at and alias and rest == PENDING:
+            positions[alias] = None  # a position to take supersedes any given
+            continue
         timeline, colon, lsn = rest.partition(":")
         if not at or not alias or not colon or not _TIMELINE.fullmatch(timeline):
             raise ValueError(f"not alias@timeline:position: {item!r:.60}")
         position = (int(timeline), parse_lsn(lsn))
-        positions[alias] = later(position, positions.get(alias, NOWHERE))
+        if alias not in positions:
+            positions[alias] = position
+        elif (known := positions[alias]) is not None:
+            positions[alias] = later(position, known)
     return positions

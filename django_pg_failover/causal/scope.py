@@ -38,8 +38,11 @@ class Scope:
         """Did this scope commit writes through a primary alias (not just resume some)?"""
         return bool(self.written) or self.took
 
-    def merge(self, positions: dict[str, Position]) -> None:
+    def merge(self, positions: dict[str, Position | None]) -> None:
         for alias, position in positions.items():
+            if position is None:  # a token's pending writes: taken when a read needs it
+                self.written.add(alias)
+                continue
             known = self.positions.get(alias)
             self.positions[alias] = position if known is None else later(position, known)
 

@@ -346,3 +346,30 @@ def test_a_standby_that_diverged_from_the_new_primary_does_not_serve_its_positio
     before = counts.primary
     assert sees(replica, key)
     assert counts.primary == before + 1
+
+
+def test_writes_whose_primary_is_down_at_the_end_are_carried_as_pending(
+    cluster: Cluster, make_alias
+) -> None:
+    """The middleware's token when the primary cannot be asked (a failover under way):
+    the next scope asks the new primary, whose position covers the surviving write."""
+    old, promoted, lagging = cluster.primary, *cluster.standbys
+    primary = make_alias(OPTIONS={"failover": {**FAST["failover"], "retry_timeout": 0.5}})
+    failover = {**FAST["failover"], "read_your_writes": primary}
+    replica = make_alias(
+        HOST=[f"127.0.0.1:{lagging.port}"],
+        OPTIONS={"target_session_attrs": "standby", "failover": failover},
+    )
+    lagging.scalar("SELECT pg_wal_replay_pause()")
+    key = create(primary)
+    cluster.wait_replayed([promoted])
+    cluster.crash(old)
+    token = causal.carried()  # no primary to ask: no error either
+    assert token == f"{primary}@pending"
+    cluster.promote(promoted)  # the lagging standby, paused, is left behind (no follow)
+    connections[primary].close()
+    causal.new_scope()
+    assert not sees(replica, key)  # the control: the lagging standby lacks it
+    causal.new_scope()
+    causal.resume(token)
+    assert sees(replica, key)  # the new primary's position, asked now, covers it

@@ -63,6 +63,15 @@ def test_tokens_round_trip_and_keep_the_highest_position() -> None:
     assert lsn.decode("") == {}
 
 
+def test_pending_writes_travel_in_a_token_and_supersede_a_position() -> None:
+    assert lsn.encode({"a": None, "b": (1, 16)}) == "a@pending,b@1:0/10"
+    assert lsn.decode("a@pending,b@1:0/10") == {"a": None, "b": (1, 16)}
+    assert lsn.decode("a@1:0/10,a@pending,a@1:0/20") == {"a": None}
+    causal.resume("a@1:0/10,b@pending")
+    assert current().positions == {"a": (1, 16)}
+    assert current().written == {"b"}  # asked of b's primary when a read needs it
+
+
 def test_a_server_covers_a_position_on_its_timeline_or_a_later_one() -> None:
     assert lsn.covers((1, 100), (1, 100))
     assert lsn.covers((2, 100), (1, 90))  # an older timeline's position: common history
