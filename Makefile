@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # make demo ORCHESTRATOR=patroni: the servers under Patroni and etcd.
 ORCHESTRATOR ?= lab
+# make demo ORCHESTRATOR=patroni PROXY=haproxy: through HAProxy, steered by Patroni's REST API.
+PROXY ?=
 
 .PHONY: demo test lint bench conformance venv patroni-runtime picture
 
@@ -39,6 +41,10 @@ patroni-runtime:
 	@$(PY) -c 'from django_pg_failover.lab.etcd import find_etcd; find_etcd()' 2>/dev/null || \
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; } || true
+	@# HAProxy for the Patroni lab's proxy tests and demo (Debian's haproxy, when root).
+	@command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; } || true
 	@$(PY) -m django_pg_failover.lab prepare-patroni
 
 venv: $(VENV)/.installed
@@ -63,7 +69,7 @@ bench: venv
 	$(PY) -m tests.benchmarks
 
 demo: venv $(if $(filter patroni,$(ORCHESTRATOR)),$(VENV)/.patroni-ready)
-	$(PY) testproject/demo.py --orchestrator $(ORCHESTRATOR)
+	$(PY) testproject/demo.py --orchestrator $(ORCHESTRATOR) $(if $(PROXY),--proxy $(PROXY))
 
 # The picture in the README and the docs: the demo's run, drawn where they show it.
 picture: venv

@@ -47,6 +47,8 @@ class DaemonWorkers:
         self._started = 0
         #: Work handed to the threads so far (the healthy path hands over none).
         self.submitted = 0
+        #: Work the threads have finished (``submitted - finished`` is in flight).
+        self.finished = 0
 
     def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
         future: Future[T] = Future()
@@ -82,6 +84,7 @@ class DaemonWorkers:
             del future, function, args
             with self._lock:
                 self._idle += 1
+                self.finished += 1
 
     def after_fork_in_child(self) -> None:
         self._reset()

@@ -1,7 +1,8 @@
 """The failover demo: a Django site keeps serving while its database server dies.
 
-    python testproject/demo.py [--orchestrator lab|patroni] [--seconds N] [--workers 4]
-                               [--no-stock] [--picture STEM | --no-picture]
+    python testproject/demo.py [--orchestrator lab|patroni] [--proxy haproxy]
+                               [--seconds N] [--workers 4] [--no-stock]
+                               [--picture STEM | --no-picture]
 
 Starts a lab (a primary and two streaming standbys on loopback; the system's
 PostgreSQL, or the embedded one), migrates this project, and sends a steady
@@ -18,6 +19,10 @@ and nobody but Patroni promotes: the demo kills the leader's machine (its agent
 and PostgreSQL), Patroni elects a new leader once the old one's lock expires
 (its ttl, 20 s), and the dead node's agent, restarted, rewinds it and follows.
 The leader changes Patroni reports are marked on the timeline.
+
+With ``--proxy haproxy`` (Patroni only) the site reaches the database through
+HAProxy, steered by each member's REST ``/primary``: ``HOST`` is the proxy's
+one address, and HAProxy's changes of route are marked on the timeline too.
 """
 
 from __future__ import annotations
@@ -89,9 +94,11 @@ def call(app, method: str, path: str, payload: dict | None = None) -> tuple[int,
     connection forever).
     """
     body = json.dumps(payload).encode() if payload is not None else b""
+    path, _, query = path.partition("?")
     environ = {
         "REQUEST_METHOD": method,
         "PATH_INFO": path,
+        "QUERY_STRING": query,
         "CONTENT_TYPE": "application/json",
         "CONTENT_LENGTH": str(len(body)),
         "wsgi.input": io.BytesIO(body),
@@ -106,18 +113,24 @@ def call(app, method: str, path: str, payload: dict | None = None) -> tuple[int,
     return int(statuses[0].split()[0]), content
 
 
-def request_unit(app, node_names: dict[int, str]) -> str:
-    """One page view that writes, then one that reads: through Django's whole stack."""
+def request_unit(app, node_names: dict[int, str], proxied: bool = False) -> str:
+    """One page view that writes, then one that reads: through Django's whole stack.
+
+    ``proxied``: the connection's port is the proxy's; the read asks the server its own.
+    """
     status, _ = call(app, "POST", "/orders/", {"key": uuid.uuid4().hex})
     if status != 201:
         raise RuntimeError(f"write answered {status}")
-    status, content = call(app, "GET", "/orders/")
+    status, content = call(app, "GET", "/orders/?server=1" if proxied else "/orders/")
     if status != 200:
         raise RuntimeError(f"read answered {status}")
-    return node_names.get(int(json.loads(content)["port"]), "?")
+    answer = json.loads(content)
+    return node_names.get(int(answer["server_port" if proxied else "port"]), "?")
 
 
-def worker(run: Run, started: float, stop: threading.Event, names: dict[int, str]) -> None:
+def worker(
+    run: Run, started: float, stop: threading.Event, names: dict[int, str], proxied: bool
+) -> None:
     from django.core.handlers.wsgi import WSGIHandler
     from django.db import connections
 
@@ -125,7 +138,7 @@ def worker(run: Run, started: float, stop: threading.Event, names: dict[int, str
     while not stop.is_set():
         began = time.monotonic()
         try:
-            server = request_unit(app, names)
+            server = request_unit(app, names, proxied)
             ok = True
         except Exception:
             server, ok = None, False
@@ -219,10 +232,11 @@ class PatroniScenario:
 
     retry_timeout = 30.0  # longer than Patroni's ttl (20 s) + loop_wait (1 s)
 
-    def __init__(self) -> None:
+    def __init__(self, proxy: str | None = None) -> None:
         self.cluster = PatroniCluster.create()
         # Long enough for the ttl, the promotion and the rejoin to show.
         self.default_seconds = CRASH_AT + self.cluster.ttl + 12.0
+        self.haproxy = self.cluster.start_haproxy() if proxy == "haproxy" else None
 
     def roles(self) -> str:
         leader = self.cluster.leader()
@@ -232,9 +246,14 @@ class PatroniScenario:
         )
 
     def headline(self) -> str:
+        through = (
+            f"; through HAProxy {self.haproxy.host} (checks /primary every 0.5 s)"
+            if self.haproxy
+            else ""
+        )
         return (
             f"the leader's node killed at {CRASH_AT:g}s; Patroni fails over once its lock "
-            f"expires (ttl {self.cluster.ttl}s)"
+            f"expires (ttl {self.cluster.ttl}s){through}"
         )
 
     def after_migrate(self) -> None:
@@ -249,12 +268,16 @@ class PatroniScenario:
         self.reported = 1  # the first change is the leader the run starts with
         self.took_writes: float | None = None
         self.rejoined = False
+        self.routes = self.haproxy.routes_to() if self.haproxy else set()
 
     def tick(self, elapsed: float, run: Run, event: Callable[..., None]) -> None:
         if run.crashed_at is None and elapsed >= CRASH_AT:
             self.cluster.kill_node(self.old)
             run.crashed_at = time.monotonic()
             event(f"kill -9 {self.old.name} (leader: Patroni agent and PostgreSQL)")
+        if self.haproxy is not None and (routes := self.haproxy.routes_to()) != self.routes:
+            self.routes = routes
+            event(f"HAProxy routes to {', '.join(sorted(routes)) or 'no member'}")
         for change in self.watch.changes[self.reported :]:
             if change.leader is None:
                 event("Patroni: no leader", at=change.at)
@@ -278,10 +301,12 @@ class PatroniScenario:
 
 def play(run: Run, scenario: LabScenario | PatroniScenario, seconds: float, workers: int) -> None:
     names = {node.port: node.name for node in scenario.cluster.nodes}
+    proxied = getattr(scenario, "haproxy", None) is not None
     stop = threading.Event()
     started = time.monotonic()
     threads = [
-        threading.Thread(target=worker, args=(run, started, stop, names)) for _ in range(workers)
+        threading.Thread(target=worker, args=(run, started, stop, names, proxied))
+        for _ in range(workers)
     ]
     for thread in threads:
         thread.start()
@@ -331,14 +356,21 @@ def summary(run: Run) -> str:
     )
 
 
-def use_backend(stock: bool, cluster: Cluster | PatroniCluster, retry_timeout: float) -> None:
-    """Point the default alias at the lab with this backend or with Django's own."""
+def use_backend(
+    stock: bool, cluster: Cluster | PatroniCluster, retry_timeout: float, proxied: bool = False
+) -> None:
+    """Point the default alias at the lab with this backend or with Django's own
+    (``proxied``: at the Patroni lab's HAProxy)."""
     from django.db import connections
 
     options = {"connect_timeout": 2}
     if not stock:
         options["failover"] = {"retry_timeout": retry_timeout}
-    database = cluster.django_database(stock=stock, OPTIONS=options)
+    if proxied:
+        assert isinstance(cluster, PatroniCluster)
+        database = cluster.proxy_database(stock=stock, OPTIONS=options)
+    else:
+        database = cluster.django_database(stock=stock, OPTIONS=options)
     connections.close_all()
     connections.settings["default"] = connections.configure_settings({"default": database})[
         "default"
@@ -355,6 +387,12 @@ def main() -> int:
         default="lab",
         help="who promotes a standby: the lab itself, or Patroni (with etcd)",
     )
+    parser.add_argument(
+        "--proxy",
+        choices=["haproxy"],
+        help="with --orchestrator patroni: reach the servers through HAProxy, steered by "
+        "Patroni's REST /primary",
+    )
     parser.add_argument("--seconds", type=float, help="per run (default: 12, Patroni 35)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--no-stock", action="store_true", help="skip the stock-backend run")
@@ -367,10 +405,12 @@ def main() -> int:
     )
     parser.add_argument("--no-picture", dest="picture", action="store_const", const=None)
     args = parser.parse_args()
+    if args.proxy and args.orchestrator != "patroni":
+        parser.error("--proxy haproxy goes with --orchestrator patroni (its checks ask Patroni)")
 
     if args.orchestrator == "patroni":
         print("Starting Patroni, etcd and three PostgreSQL servers on loopback...", flush=True)
-        scenario: LabScenario | PatroniScenario = PatroniScenario()
+        scenario: LabScenario | PatroniScenario = PatroniScenario(args.proxy)
     else:
         print("Starting the lab: a primary and two streaming standbys on loopback...", flush=True)
         scenario = LabScenario()
@@ -381,7 +421,8 @@ def main() -> int:
         install = install or cluster.members[0].pg.install
         print(f"PostgreSQL {install.major} ({install.source}): {scenario.roles()}", flush=True)
         os.environ["DJANGO_SETTINGS_MODULE"] = "testproject.settings"
-        os.environ["DATABASE_URL"] = cluster.database_url()
+        proxy = getattr(scenario, "haproxy", None)
+        os.environ["DATABASE_URL"] = cluster.database_url(hosts=[proxy.host] if proxy else None)
         import django
         from django.core.management import call_command
         from django.db import connections
@@ -401,7 +442,7 @@ def main() -> int:
         for run in runs:
             if run is not runs[0]:
                 scenario.reset()
-            use_backend(run is not runs[0], cluster, scenario.retry_timeout)
+            use_backend(run is not runs[0], cluster, scenario.retry_timeout, proxy is not None)
             print(
                 f"\n{run.label}: {args.workers} workers, each request writes an order and "
                 f"lists orders; {scenario.headline()}",

@@ -16,8 +16,11 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
+from django_pg_failover.background import workers
+from django_pg_failover.connecting import search
 from django_pg_failover.connecting.memory import host_status
 from django_pg_failover.lab import Cluster, PatroniCluster
+from django_pg_failover.lab.system import wait_for
 from tests.aliases import add_alias, remove_alias
 
 FAST = {"connect_timeout": 2, "failover": {"retry_timeout": 15.0, "backoff_max": 0.25}}
@@ -35,9 +38,22 @@ def lab(pg_lab: Cluster, django_db_blocker) -> Cluster:
     return pg_lab
 
 
+def quiet_background(timeout: float = 15.0) -> None:
+    """Wait until the previous test's background work is over: a connect attempt still
+    in flight (a hung host's lasts connect_timeout) or a watcher still looking records
+    what it finds in the process's host memory, after this test has cleared it."""
+
+    def quiet() -> bool:
+        watching = any(w._thread is not None for w in list(search.watchers.values()))
+        return workers.finished == workers.submitted and not watching
+
+    wait_for(quiet, timeout, "the previous test's connect attempts and watchers to end")
+
+
 @pytest.fixture
 def cluster(lab: Cluster, pg_cluster: Cluster, django_db_blocker) -> Iterator[Cluster]:
     """The lab for one test: healthy at the start, database access allowed."""
+    quiet_background()
     host_status.clear()
     with django_db_blocker.unblock():
         yield pg_cluster
@@ -81,6 +97,7 @@ def patroni_lab(
     patroni: PatroniCluster, patroni_cluster: PatroniCluster, django_db_blocker
 ) -> Iterator[PatroniCluster]:
     """The Patroni cluster for one test: healthy at the start, database access allowed."""
+    quiet_background()
     host_status.clear()
     with django_db_blocker.unblock():
         yield patroni_cluster

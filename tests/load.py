@@ -4,6 +4,10 @@ Each unit writes one order between Django's request signals, the way its
 handler runs a view, so that both backends drop a broken connection at the
 end of a request as they would in production. Failures are Django's
 ``Error`` (``InterfaceError`` is not a ``DatabaseError``).
+
+Behind one address (a proxy, a relay) the connection's own port is the
+address's: such a loop asks the server which port it listens on, in the
+write's own statement (one statement, as the ORM's insert).
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from typing import Any
 from django.core.signals import request_finished, request_started
 from django.db import Error, IntegrityError, connections
 
+from django_pg_failover.lab.system import wait_for
 from shop.models import Order
+
+#: The ORM's insert of an order, returning the port of the server that ran it.
+INSERT_RETURNING_PORT = (
+    "INSERT INTO shop_order (key, amount, created_at) VALUES (%s, 0, now()) "
+    "RETURNING inet_server_port()"
+)
 
 
 def in_request(work: Callable[[], Any]) -> Any:
@@ -54,6 +65,8 @@ class RequestLoop:
     stop: threading.Event
     units: list[Unit] = field(default_factory=list)
     pause: float = 0.005
+    #: HOST is one address in front of the servers (see the module's docstring).
+    behind_proxy: bool = False
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -70,6 +83,10 @@ class RequestLoop:
         connections.close_all()
 
     def _write(self, key: str) -> int:
+        if self.behind_proxy:
+            with connections[self.alias].cursor() as cursor:
+                cursor.execute(INSERT_RETURNING_PORT, [key])
+                return cursor.fetchone()[0]
         Order.objects.using(self.alias).create(key=key)
         # psycopg 3 reports the port as a string.
         return int(connections[self.alias].connection.info.port)
@@ -121,3 +138,32 @@ def running(loops: list[RequestLoop], join_timeout: float = 90) -> Iterator[list
             thread.join(join_timeout)
     stuck = [t.name for t in threads if t.is_alive()]
     assert not stuck, f"request loops still running: {stuck}"
+
+
+def acknowledged_keys(loops: list[RequestLoop]) -> list[str]:
+    return [u.key for loop in loops for u in loop.acknowledged]
+
+
+def wait_for_writes(
+    loops: list[RequestLoop], since: float, port: int | None = None, count: int = 3
+) -> None:
+    """Poll until every loop has ``count`` writes that began after ``since`` (on ``port``)."""
+
+    def done() -> bool:
+        return all(
+            sum(u.ok and u.started >= since and port in (None, u.port) for u in loop.units) >= count
+            for loop in loops
+        )
+
+    wait_for(done, 90, "every request loop to write", interval=0.05)
+
+
+def report(title: str, loops: list[RequestLoop], fault_at: float, **figures: object) -> None:
+    print(f"\n{title}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+    for loop in loops:
+        after, in_flight = loop.failed_after(fault_at), loop.failed_in_flight(fault_at)
+        print(
+            f"  {loop.label:<18} units {len(loop.units):>5}  failed after the fault "
+            f"{len(after):>4}  in flight {len(in_flight)}  longest unit {loop.longest:5.2f}s"
+            f"  errors {dict(loop.errors)}"
+        )

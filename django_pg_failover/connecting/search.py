@@ -9,6 +9,12 @@ and host list looks for them:
 - it keeps a connection to each server that answers, and asks it every
   ``probe_interval`` whether it now suits ``target_session_attrs`` (one round
   trip: a standby being promoted is seen within that interval);
+- it replaces a connection whose server has not suited for ``backoff_max``
+  with a new one to the same host entry: the entry may be an address that
+  moves to the new primary (a virtual IP, a DNS name, a proxy) and leads
+  elsewhere by now, while the held connection stays on the old server (a
+  standby that will never be promoted); with one ``HOST`` entry that is all
+  there is to watch;
 - it opens a connection to a server that does not answer at most once per
   backoff step (``backoff_initial`` doubling to ``backoff_max``), one attempt
   per host at a time;
@@ -65,6 +71,8 @@ class _HostWatch:
     next_attempt: float = 0.0
     failures: int = 0
     last_asked: float = field(default=0.0)
+    #: When the held connection was opened.
+    held_since: float = 0.0
 
 
 class Watcher:
@@ -211,7 +219,12 @@ class Watcher:
                 watch.in_flight = None
             if watch.in_flight is not None:
                 continue  # a connect or a question still under way (a slow host)
-            if watch.connection is not None:
+            if watch.connection is not None and self._unsuitable_for_long(watch, now):
+                # The address may lead to another server by now: connect anew.
+                spec.close(watch.connection)
+                watch.connection, watch.role = None, None
+                watch.in_flight = workers.submit(spec.attempt, watch.host)
+            elif watch.connection is not None:
                 watch.in_flight = workers.submit(self._ask, watch)
             elif now >= watch.next_attempt:
                 watch.in_flight = workers.submit(spec.attempt, watch.host)
@@ -232,6 +245,15 @@ class Watcher:
         if accepts_fallback(target):  # prefer-standby: no standby, but a server answers
             return next((watch for watch in hosts if watch.role is not None), None)
         return None
+
+    def _unsuitable_for_long(self, watch: _HostWatch, now: float) -> bool:
+        """The held connection's server has not suited since ``backoff_max`` ago."""
+        role = watch.role
+        return (
+            role is not None
+            and not suits(role, self.hosts.target_session_attrs)
+            and now - watch.held_since >= self.hosts.policy.backoff_max
+        )
 
     def _ask(self, watch: _HostWatch) -> Role | None:
         """The role of a server the watcher holds a connection to (one round trip:
@@ -254,6 +276,7 @@ class Watcher:
         if isinstance(result, Landing):
             result.connection.autocommit = True
             watch.connection, watch.role, watch.failures = result.connection, result.role, 0
+            watch.held_since = time.monotonic()
         elif isinstance(result, Role) or result is None:
             watch.role = result
         else:  # a HostFailure

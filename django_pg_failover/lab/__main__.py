@@ -83,6 +83,9 @@ def format_patroni_status(cluster: PatroniCluster) -> str:
             f"{row.state or '-':<11}{'' if row.timeline is None else row.timeline:>9}"
             f"{'' if row.lag is None else row.lag:>10}  {row.server}"
         )
+    if cluster.haproxy is not None:
+        routes = ", ".join(sorted(cluster.haproxy.routes_to())) or "no member"
+        lines.append(f"HAProxy {cluster.haproxy.host} routes to {routes}")
     return "\n".join(lines)
 
 
@@ -97,7 +100,11 @@ def cmd_start(args: argparse.Namespace) -> int:
             root=args.dir,
             detach=True,
         )
+        if args.haproxy:
+            cluster.start_haproxy()
     else:
+        if args.haproxy:
+            raise LabError("--haproxy goes with --patroni (its checks ask Patroni's REST API)")
         cluster = Cluster.create(
             standbys=args.standbys,
             install=install,
@@ -116,6 +123,8 @@ def cmd_start(args: argparse.Namespace) -> int:
             + ", ".join(f"{m.name} {m.api_url}" for m in cluster.members)
             + f"; etcd {cluster.etcd.url}"
         )
+    if isinstance(cluster, PatroniCluster) and cluster.haproxy is not None:
+        print(f"HAProxy: {cluster.haproxy.host} (HOST of a DATABASES entry through it)")
     print()
     print(format_status(cluster))
     print("\nPaste into your settings:\n")
@@ -213,6 +222,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_prepare_patroni(args: argparse.Namespace) -> int:
     """Find etcd and make Patroni runnable by the server user, before any test needs them."""
     from .etcd import etcd_version, find_etcd
+    from .haproxy import find_haproxy, haproxy_version
     from .patroni_runtime import patroni_python, patroni_version
     from .system import ServerUser
 
@@ -221,6 +231,12 @@ def cmd_prepare_patroni(args: argparse.Namespace) -> int:
     python = patroni_python(user)
     print(f"etcd {etcd_version(etcd)}: {etcd}")
     print(f"Patroni {patroni_version()} runs as {user.name!r} with {python}")
+    try:
+        haproxy = find_haproxy()
+    except LabError as exc:  # only the proxy tests and demo need it
+        print(f"warning: {exc}", file=sys.stderr)
+    else:
+        print(f"HAProxy {haproxy_version(haproxy)}: {haproxy}")
     return 0
 
 
@@ -245,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--patroni",
         action="store_true",
         help="run the servers under Patroni agents with etcd (--sync: synchronous_mode)",
+    )
+    start.add_argument(
+        "--haproxy",
+        action="store_true",
+        help="with --patroni: HAProxy in front, routing to the member whose /primary says 200",
     )
     start.set_defaults(func=cmd_start)
 

@@ -7,6 +7,10 @@ asks them for switchovers, then waits for what Patroni does about it.
 
 Patroni's REST answers can be stale (``/primary`` stayed 200 through a crash
 here), so every wait checks the servers themselves as well.
+
+:meth:`PatroniCluster.start_haproxy` puts HAProxy in front, steered by
+those same answers (:mod:`.haproxy`), for the application to reach through
+one address.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from .common import (
 )
 from .errors import LabError, LabTimeout
 from .etcd import Etcd, find_etcd
+from .haproxy import HAProxy, ProxiedServer, find_haproxy
 from .node import Node
 from .patroni_member import STREAMING, SUPERVISOR, Member, MemberStatus, MemberView
 from .patroni_runtime import patroni_python
@@ -143,6 +148,8 @@ class PatroniCluster(Lab):
         self.ttl, self.loop_wait, self.retry_timeout = ttl, loop_wait, retry_timeout
         self._synchronous_now = synchronous
         self._dirty = False
+        #: HAProxy in front of the members, once started (:meth:`start_haproxy`).
+        self.haproxy: HAProxy | None = None
         if not detach:
             live_labs.add(self)
 
@@ -294,6 +301,31 @@ class PatroniCluster(Lab):
         }
         write_private(member.config_path, json.dumps(config, indent=2))
         self.user.chown(member.config_path)
+
+    # -- HAProxy in front ---------------------------------------------------------------
+
+    def start_haproxy(self, timeout: float = 30) -> HAProxy:
+        """HAProxy in front of the members (:mod:`.haproxy`), started once; returned when
+        it routes to the leader alone."""
+        if self.haproxy is None or self.haproxy.pid is None:
+            find_haproxy()  # the missing program named before anything starts
+            servers = [ProxiedServer(m.name, m.port, m.api_port) for m in self.members]
+            self.haproxy = HAProxy.start(self.root, servers, self.user, self.detach, timeout)
+            self.save_state()
+        self.haproxy.wait_routes_to({self.leader().name}, timeout)
+        return self.haproxy
+
+    def stop_haproxy(self) -> None:
+        if self.haproxy is not None:
+            self.haproxy.stop()
+            self.haproxy = None
+            self.save_state()
+
+    def proxy_database(self, stock: bool = False, **overrides: Any) -> dict[str, Any]:
+        """A ``DATABASES`` entry whose ``HOST`` is HAProxy's address alone."""
+        if self.haproxy is None:
+            raise LabError("HAProxy is not running: start_haproxy() first")
+        return self.django_database(stock=stock, nodes=[self.haproxy], **overrides)
 
     # -- Patroni's view ---------------------------------------------------------------
 
@@ -593,6 +625,8 @@ class PatroniCluster(Lab):
         if self._synchronous_now != self.synchronous:
             self.set_synchronous(self.synchronous, timeout=deadline - time.monotonic())
             leader = self.leader()
+        if self.haproxy is not None:
+            self.haproxy.wait_routes_to({leader.name}, timeout=deadline - time.monotonic())
         self._dirty = False
         return leader
 
@@ -663,6 +697,7 @@ class PatroniCluster(Lab):
                 }
                 for m in self.members
             ],
+            "haproxy": self.haproxy.state() if self.haproxy is not None else None,
         }
         write_private(self.root / STATE_FILE, json.dumps(state, indent=2))
         self.save_password()
@@ -697,7 +732,7 @@ class PatroniCluster(Lab):
         ]
         e = state["etcd"]
         etcd = Etcd(Path(e["binary"]), root / "etcd", e["client_port"], e["peer_port"], e["pid"])
-        return cls(
+        cluster = cls(
             root,
             members,
             etcd,
@@ -711,10 +746,15 @@ class PatroniCluster(Lab):
             loop_wait=state["loop_wait"],
             retry_timeout=state["retry_timeout"],
         )
+        if state.get("haproxy"):
+            cluster.haproxy = HAProxy.from_state(root, state["haproxy"])
+        return cluster
 
     def close(self, remove: bool = True) -> None:
-        """Kill every agent, server and etcd, and (by default) delete the lab's files."""
+        """Kill HAProxy, every agent, server and etcd, and (by default) delete the lab's files."""
         live_labs.discard(self)
+        if self.haproxy is not None:
+            self.haproxy.stop()
         for member in self.members:
             with suppress(LabError):
                 member.kill()

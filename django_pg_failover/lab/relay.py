@@ -12,6 +12,9 @@ from .node import LOOPBACK
 class Relay:
     """Forwards every connection made to ``port`` to a server on ``target_port``.
 
+    A connection made while nothing listens on the target is closed at once
+    (the client reads the end of the stream, as from a proxy with no server).
+
     With ``hold_close`` what a server sends still reaches its client at once,
     but not the end of the stream when the server closes the connection: the
     client's socket stays open until :meth:`release_close`. A client then sees
@@ -53,7 +56,14 @@ class Relay:
                 return
             with self._lock:
                 target = self.target
-            server = socket.create_connection(target)
+            try:
+                server = socket.create_connection(target, timeout=5)
+            except OSError:
+                # Nothing listens there (a server down, an address not moved yet):
+                # the client's connection ends at once, as a proxy's would.
+                client.close()
+                continue
+            server.settimeout(None)
             with self._lock:
                 self._sockets += [client, server]
             for source, sink, from_server in ((client, server, False), (server, client, True)):

@@ -25,7 +25,13 @@ def orders(request: HttpRequest) -> HttpResponse:
         return JsonResponse({"id": order.pk, "key": order.key, **_server()}, status=201)
     count = Order.objects.count()
     latest = list(Order.objects.order_by("-id").values_list("key", flat=True)[:5])
-    return JsonResponse({"count": count, "latest": latest, **_server()})
+    answer = {"count": count, "latest": latest, **_server()}
+    if request.GET.get("server"):
+        # Behind a proxy the connection's port is the proxy's: the server's own.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT inet_server_port()")
+            answer["server_port"] = cursor.fetchone()[0]
+    return JsonResponse(answer)
 
 
 def order(request: HttpRequest, key: str) -> HttpResponse:

@@ -8,7 +8,8 @@ pool) a process of its own runs every scenario with both backends side by side
 on that driver (Django picks one driver per process). Times are compared as
 ratios (ours / stock), never quoted alone: loopback timings here are noisy.
 A Patroni cluster then lives through Patroni's own failover (the leader's
-node killed) with both backends under load (tests/benchmarks/patroni.py).
+node killed) with both backends under load, straight to the members and
+through HAProxy (tests/benchmarks/patroni.py).
 Prints a table per variant, then one JSON line.
 """
 

@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from django_pg_failover.lab import LabError, PatroniCluster
 from django_pg_failover.lab.etcd import find_etcd
+from django_pg_failover.lab.haproxy import find_haproxy
 from django_pg_failover.lab.patroni_runtime import can_run_patroni, patroni_python
 from django_pg_failover.lab.system import ServerUser, cmdline, process_state, wait_for
 
@@ -70,6 +72,50 @@ def test_agents_and_servers_run_as_the_server_user_under_the_labs_supervisors(
     assert patroni_cluster.etcd.url.startswith("http://127.0.0.1:")
 
 
+def test_haproxy_routes_to_the_leader_as_the_server_user_and_stops_with_the_lab(
+    patroni_cluster: PatroniCluster,
+) -> None:
+    proxy = patroni_cluster.start_haproxy()
+    try:
+        assert patroni_cluster.start_haproxy() is proxy  # started once
+        leader = patroni_cluster.leader()
+        assert proxy.routes_to() == {leader.name}
+        assert set(proxy.view()) == {m.name for m in patroni_cluster.members}
+        assert parent_of(proxy.pid) == os.getpid()  # dies with this process
+        assert owner_of(proxy.pid) == ServerUser.resolve().uid
+        # Its configuration lives in the lab's folder, named on its command line
+        # (CI's leftover check looks for the folder there).
+        assert proxy.config_path.parent.parent == patroni_cluster.root
+        assert str(proxy.config_path) in cmdline(proxy.pid)
+        config = proxy.config_path.read_text()
+        for line in (
+            "option httpchk GET /primary",
+            "http-check expect status 200",
+            "default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions",
+            f"check port {leader.api_port}",
+        ):
+            assert line in config
+        with closing(leader.pg.connect(port=proxy.port)) as conn, closing(conn.cursor()) as cur:
+            cur.execute("SELECT inet_server_port()")
+            assert cur.fetchone()[0] == leader.port
+        assert patroni_cluster.proxy_database()["HOST"] == [proxy.host]
+        pid = proxy.pid
+    finally:
+        patroni_cluster.stop_haproxy()
+    assert process_state(pid) in (None, "Z")
+    assert patroni_cluster.haproxy is None
+
+
+def test_missing_haproxy_is_one_clear_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PG_FAILOVER_HAPROXY", str(tmp_path / "no-haproxy"))
+    with pytest.raises(LabError, match=r"PG_FAILOVER_HAPROXY=.* is not an executable file"):
+        find_haproxy()
+    monkeypatch.delenv("PG_FAILOVER_HAPROXY")
+    monkeypatch.setattr("shutil.which", lambda *args, **kwargs: None)
+    with pytest.raises(LabError, match=r"(?s)No haproxy program found.*apt-get install haproxy"):
+        find_haproxy()
+
+
 def test_reset_heals_without_a_rebuild(patroni_cluster: PatroniCluster) -> None:
     leader = patroni_cluster.leader()
     dead, frozen = patroni_cluster.replicas
@@ -117,14 +163,16 @@ def run_lab(*args: str, lab_dir: Path) -> subprocess.CompletedProcess[str]:
 def test_command_line_start_patroni_status_switchover_stop(pg_patroni: PatroniCluster) -> None:
     lab_dir = pg_patroni.root.parent / f"{pg_patroni.root.name}-cli"
     pids: list[int] = []
-    started = run_lab("start", "--patroni", "--standbys", "1", lab_dir=lab_dir)
+    started = run_lab("start", "--patroni", "--standbys", "1", "--haproxy", lab_dir=lab_dir)
     try:
         assert started.returncode == 0, started.stderr
         assert "Patroni agents: n0 http://127.0.0.1:" in started.stdout
+        assert "HAProxy: 127.0.0.1:" in started.stdout
         assert '"ENGINE": "django_pg_failover"' in started.stdout
         assert (lab_dir / "password").read_text() not in started.stdout
         state = json.loads((lab_dir / "lab.json").read_text())
         pids += [state["etcd"]["pid"], *(m["supervisor_pid"] for m in state["members"])]
+        pids.append(state["haproxy"]["pid"])
 
         status = run_lab("status", "--json", lab_dir=lab_dir)
         assert status.returncode == 0, status.stderr
@@ -135,6 +183,7 @@ def test_command_line_start_patroni_status_switchover_stop(pg_patroni: PatroniCl
         switched = run_lab("failover", "--fault", "stop", lab_dir=lab_dir)
         assert switched.returncode == 0, switched.stderr
         assert "switchover n0 -> n1" in switched.stdout
+        assert "HAProxy 127.0.0.1:" in switched.stdout  # its routes, in the status
         assert PatroniCluster.load(lab_dir).leader().name == "n1"
     finally:
         stopped = run_lab("stop", lab_dir=lab_dir)

@@ -18,7 +18,7 @@ import pytest
 
 from django_pg_failover.lab import LeaderChange, Member, PatroniCluster
 from django_pg_failover.lab.system import wait_for
-from tests.load import RequestLoop, running
+from tests.load import RequestLoop, acknowledged_keys, report, running, wait_for_writes
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -28,35 +28,6 @@ def keys_on(member: Member, keys: list[str]) -> list[str]:
         "SELECT key FROM shop_order WHERE key = ANY(%s)", [list(keys)], dbname="app"
     )
     return [row[0] for row in rows]
-
-
-def acknowledged_keys(loops: list[RequestLoop]) -> list[str]:
-    return [u.key for loop in loops for u in loop.acknowledged]
-
-
-def wait_for_writes(
-    loops: list[RequestLoop], since: float, port: int | None = None, count: int = 3
-) -> None:
-    """Poll until every loop has ``count`` writes that began after ``since`` (on ``port``)."""
-
-    def done() -> bool:
-        return all(
-            sum(u.ok and u.started >= since and port in (None, u.port) for u in loop.units) >= count
-            for loop in loops
-        )
-
-    wait_for(done, 90, "every request loop to write", interval=0.05)
-
-
-def report(title: str, loops: list[RequestLoop], fault_at: float, **figures: object) -> None:
-    print(f"\n{title}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
-    for loop in loops:
-        after, in_flight = loop.failed_after(fault_at), loop.failed_in_flight(fault_at)
-        print(
-            f"  {loop.label:<18} units {len(loop.units):>5}  failed after the fault "
-            f"{len(after):>4}  in flight {len(in_flight)}  longest unit {loop.longest:5.2f}s"
-            f"  errors {dict(loop.errors)}"
-        )
 
 
 def four_loops(request_loops: Callable[..., RequestLoop]) -> list[RequestLoop]:

@@ -71,6 +71,10 @@ class Servers:
         if host in self.held:
             self.held[host].role = Role.PRIMARY
 
+    def move(self, host: Host, role: Role) -> None:
+        """The address now leads to another server: new connections only."""
+        self.roles[host] = role
+
     def watcher(self, target: str = "read-write") -> Watcher:
         return Watcher(
             ("test", target),
@@ -116,6 +120,28 @@ def test_a_server_the_target_rejects_never_wakes_anyone() -> None:
     started = time.monotonic()
     assert watcher.wait(started + 0.3) is False  # the deadline, not a wake-up
     assert time.monotonic() - started >= 0.3
+    # Each held connection is replaced once per backoff_max (its address may
+    # have moved), not once per round.
+    assert 2 <= servers.attempts.count(A) <= 0.3 / POLICY.backoff_max + 2
+
+
+def test_an_address_that_moved_to_a_primary_is_followed() -> None:
+    """One HOST entry (a virtual IP, a DNS name, a proxy) led to a standby; it now leads
+    to the new primary, while the connection held to the standby stays a standby."""
+    servers = Servers(a=Role.STANDBY, b=None)
+    watcher = servers.watcher()
+    thread, woken = wait_in_thread(watcher, 10)
+    deadline = time.monotonic() + 5
+    while A not in servers.held and time.monotonic() < deadline:  # a poll with a deadline
+        time.sleep(0.005)
+    held = servers.held[A]
+    moved_at = time.monotonic()
+    servers.move(A, Role.PRIMARY)
+    thread.join(10)
+    assert woken == [True]
+    assert time.monotonic() - moved_at < 1.0  # about backoff_max (50 ms), not the deadline
+    assert held.role is Role.STANDBY
+    assert held in servers.closed  # replaced, not kept
 
 
 def test_prefer_standby_takes_any_server_when_no_standby_answers() -> None:
