@@ -13,6 +13,9 @@ The overrides are few and each delegates to a module of its own:
   connection, or found the server read-only under a read-write session, closes
   it so that the next use reconnects (:mod:`.losing.loss`);
 - with ``retry_reads``, cursors re-run a lost plain SELECT once (:mod:`.reads.retry`);
+- with ``read_your_writes``, the primary alias's cursors and commits mark the
+  thread's scope, and the replica alias's reads run where the scope's writes
+  show (:mod:`.causal`);
 - after ``fork()``, the child lets go of the connections it inherited, without
   a word to their servers, and opens its own (:mod:`.losing.inherited`).
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from django.db import connections
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.utils import DatabaseErrorWrapper, OperationalError
 from django.utils.functional import cached_property
@@ -38,6 +42,9 @@ driver = get_driver()
 
 from django.db.backends.postgresql import base as postgresql
 
+from django_pg_failover.causal.cursors import CURSORS
+from django_pg_failover.causal.scope import _local as causal_local
+from django_pg_failover.causal.targets import primary_aliases
 from django_pg_failover.client import DatabaseClient
 from django_pg_failover.connecting.attempt import Landing
 from django_pg_failover.connecting.connector import Connector
@@ -51,6 +58,7 @@ from django_pg_failover.reads.retry import (
     ReadRetryCursorWrapper,
     ReadRetryState,
 )
+from django_pg_failover.settings.causal import PRIMARY_ROLES, check_target_exists
 from django_pg_failover.settings.conf import FailoverSettings
 from django_pg_failover.settings.hosts import Host
 from django_pg_failover.settings.options import DEFAULT_CONNECT_TIMEOUT, check_options_type
@@ -152,6 +160,17 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self._settings: FailoverSettings | None = None
         self._connector: Connector | None = None
         self.reads = ReadRetryState()
+        #: read_your_writes (:mod:`.causal`), set per connection: "write" on a primary
+        #: alias a replica alias names, "read" on that replica alias, else None; the
+        #: primary alias a replica alias reads for, how long it waits, and the
+        #: replay position its server last reported (0: not known).
+        self.causal_role: str | None = None
+        self.causal_target: str | None = None
+        self.causal_wait = 0.0
+        self.causal_replayed: tuple[int, int] = (0, 0)
+        #: The open connection's server incarnation, once asked (:mod:`.causal.routing`).
+        self.causal_server: tuple | None = None
+        self._causal_unknown = True
         self.loss = self.loss_class(self)
         inherited.note(self)
 
@@ -257,6 +276,17 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         super().connect()
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:  # async_unsafe: super()
+        # This connection's part in read_your_writes (the settings are current here).
+        settings = self._settings or self.failover_settings
+        self.causal_replayed = (0, 0)
+        self.causal_server = None
+        if settings.policy.read_your_writes is not None or self.causal_role == "read":
+            self.causal_connected_as_replica(settings)
+        elif self._causal_unknown:
+            # Once per wrapper (DATABASES does not change); an alias added later
+            # that names this one tells it when it connects (below).
+            self._causal_unknown = False
+            self.causal_role = "write" if self.alias in primary_aliases() else None
         connection = super().get_new_connection(conn_params)
         landing, self.landing = self.landing, None
         if landing is None:  # a pool's connection (Django 5.1+), opened by its worker
@@ -279,6 +309,20 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.loss.error = None
         self.reads.connected(policy.retry_reads)
         return connection
+
+    def causal_connected_as_replica(self, settings: FailoverSettings) -> None:
+        target = settings.policy.read_your_writes
+        if target is None or settings.target_session_attrs in PRIMARY_ROLES:
+            # A test mirror's replica alias reads from the primary: nothing to do.
+            self.causal_role, self.causal_target = None, None
+            self._causal_unknown = True  # may still be a primary alias: look next time
+            return
+        check_target_exists(connections.settings, self.alias, target)
+        primary = connections[target]
+        if primary.causal_role is None:  # it connected before this alias was added
+            primary.causal_role, primary._causal_unknown = "write", False
+        self.causal_role, self.causal_target = "read", target
+        self.causal_wait = settings.policy.read_your_writes_wait
 
     @cached_property
     def pg_version(self) -> int:
@@ -362,6 +406,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         super().commit()
 
     def _commit(self) -> None:
+        if self.causal_role == "write":
+            causal_local.scope.written.add(self.alias)
         self.loss.committing = True
         try:
             super()._commit()
@@ -386,11 +432,15 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     # -- retrying reads -------------------------------------------------------------
 
     def make_cursor(self, cursor: Any) -> Any:
+        if self.causal_role is not None:
+            return CURSORS[self.causal_role, self.reads.enabled, False](cursor, self)
         if self.reads.enabled:
             return ReadRetryCursorWrapper(cursor, self)
         return super().make_cursor(cursor)
 
     def make_debug_cursor(self, cursor: Any) -> Any:
+        if self.causal_role is not None:
+            return CURSORS[self.causal_role, self.reads.enabled, True](cursor, self)
         if self.reads.enabled:
             return ReadRetryCursorDebugWrapper(cursor, self)
         return super().make_debug_cursor(cursor)

@@ -10,6 +10,7 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
 from django_pg_failover import ENGINE
+from django_pg_failover.settings.causal import read_your_writes_problems
 from django_pg_failover.settings.conf import FailoverSettings
 
 if TYPE_CHECKING:
@@ -44,4 +45,6 @@ def database_problems(databases: Mapping[str, Any]) -> list[checks.CheckMessage]
     for alias, db in aliases:
         for exc in FailoverSettings.problems(db, alias, driver):
             messages.append(checks.Error(str(exc), id=exc.check_id))
+    for exc in read_your_writes_problems(databases):  # rules across aliases
+        messages.append(checks.Error(str(exc), id=exc.check_id))
     return messages

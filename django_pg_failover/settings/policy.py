@@ -25,6 +25,7 @@ _LIMITS = {
     "attempt_delay": (0.01, 60.0),
     "stall_timeout": (0.1, 86400.0),
     "probe_interval": (0.005, 10.0),
+    "read_your_writes_wait": (0.0, 10.0),
 }
 # Settings that None switches off.
 _OPTIONAL = frozenset({"stall_timeout"})
@@ -64,6 +65,12 @@ class FailoverPolicy:
         contradicted; ``"query"``: every new connection asks it with one query,
         for servers behind a pooler that replays stale reports
         (:mod:`..connecting.trust`).
+    ``read_your_writes``
+        On a replica alias: the primary alias whose committed writes its reads
+        must show (:mod:`..causal`). None: reads go to standbys as they are.
+    ``read_your_writes_wait``
+        Seconds a read may wait for its standby to replay the scope's writes
+        before it is served by the primary instead.
     """
 
     retry_timeout: float = 10.0
@@ -80,6 +87,10 @@ class FailoverPolicy:
     # connections wait: a promotion is found within 25 ms.
     probe_interval: float = 0.025
     role_check: str = "reported"
+    read_your_writes: str | None = None
+    # Long enough for a standby that streams normally (it replays a commit within
+    # a millisecond or two), short enough that a lagging one costs a read little.
+    read_your_writes_wait: float = 0.02
 
     @classmethod
     def from_options(cls, options: Any, alias: str | None = None) -> FailoverPolicy:
@@ -126,6 +137,8 @@ class FailoverPolicy:
                         FAILOVER_CHECK,
                     )
                 values[name] = value
+            elif name == "read_your_writes":
+                values[name] = _alias_name(value, alias, (*keys, name))
             elif value is None and name in _OPTIONAL:
                 values[name] = None
             else:
@@ -146,6 +159,25 @@ class FailoverPolicy:
         exponent = min(max(attempt - 1, 0), 32)
         ceiling = min(self.backoff_max, self.backoff_initial * 2**exponent)
         return ceiling * (0.5 + 0.5 * jitter())
+
+
+def _alias_name(value: Any, alias: str | None, keys: tuple[str | int, ...]) -> str | None:
+    """Another alias's name (that alias is checked against ``DATABASES`` elsewhere:
+    :mod:`.causal`)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise SettingsError(
+            alias, keys, f"{redacted(value)} is not the name of a database alias", FAILOVER_CHECK
+        )
+    if value == alias:
+        raise SettingsError(
+            alias,
+            keys,
+            "names this alias itself: name the read-write alias of the same servers",
+            FAILOVER_CHECK,
+        )
+    return value
 
 
 def _seconds(value: Any, alias: str | None, keys: tuple[str | int, ...]) -> float:

@@ -10,6 +10,8 @@ from .models import Account, Order
 
 
 def _server() -> dict:
+    if connection.connection is None:  # a read routed to the replica alias only
+        return {}
     info = connection.connection.info
     return {"host": info.host, "port": int(info.port)}
 

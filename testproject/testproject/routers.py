@@ -10,7 +10,9 @@ class PrimaryReplicaRouter:
     "prefer-standby"``, so libpq falls back to the primary when no standby
     answers. Inside a transaction on the primary, reads stay there: they must
     see the transaction's own writes, and ``select_for_update()`` must lock rows
-    on the primary.
+    on the primary. With ``read_your_writes`` on ``read_alias`` (and its
+    middleware), reads outside transactions never miss what the same client
+    wrote (docs/replicas.rst).
     """
 
     write_alias = "default"

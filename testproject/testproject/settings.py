@@ -55,6 +55,23 @@ DATABASES = {
         },
     )
 }
+# DJANGO_DB_REPLICA=1: the recipe of docs/replicas.rst. Reads go to a replica
+# alias on the same servers (standbys first) and never miss what the same
+# client wrote: read_your_writes, and its middleware for the next requests.
+if os.environ.get("DJANGO_DB_REPLICA") == "1":
+    _options = DATABASES["default"]["OPTIONS"]
+    DATABASES["replica"] = {
+        **DATABASES["default"],
+        "OPTIONS": {
+            **_options,
+            "target_session_attrs": "prefer-standby",
+            "load_balance_hosts": "random",
+            "failover": {**_options.get("failover", {}), "read_your_writes": "default"},
+        },
+        "TEST": {"MIRROR": "default"},
+    }
+    DATABASE_ROUTERS = ["testproject.routers.PrimaryReplicaRouter"]
+    MIDDLEWARE = ["django_pg_failover.middleware.ReadYourWritesMiddleware", *MIDDLEWARE]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGGING = {
     "version": 1,

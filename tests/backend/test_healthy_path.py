@@ -165,3 +165,32 @@ def test_a_pool_checkout_costs_what_stocks_costs(cluster: Cluster, make_alias) -
     calls = {side: python_calls(work, times=20) for side, work in works.items()}
     print(f"calls per checkout and return {calls}")
     assert calls["ours"] - calls["stock"] <= POOL_CHECKOUT_BUDGET, calls
+
+
+#: read_your_writes: a statement on the primary alias of a pair marks the scope
+#: (the override and a set's add); a read on the replica alias in a scope without
+#: writes looks at the scope (the override).
+RYW_WRITE_BUDGET = 3
+RYW_READ_BUDGET = 2
+
+
+def test_read_your_writes_costs_a_few_calls_on_its_two_aliases(make_alias) -> None:
+    from django_pg_failover import causal
+    from tests.conftest import FAST
+
+    primary = make_alias()
+    failover = {**FAST["failover"], "read_your_writes": primary}
+    replica = make_alias(OPTIONS={"target_session_attrs": "prefer-standby", "failover": failover})
+    works = {
+        "stock": query_work(make_alias(stock=True))[0],
+        "ours": query_work(make_alias())[0],
+        "primary": query_work(primary)[0],
+    }
+    calls = {side: python_calls(work) for side, work in works.items()}
+    causal.new_scope()  # the primary's queries marked it: a read scope starts clean
+    read = query_work(replica)[0]
+    calls["replica"] = python_calls(read)
+    print(f"calls per query {calls}")
+    assert calls["ours"] - calls["stock"] <= QUERY_BUDGET, calls
+    assert calls["primary"] - calls["ours"] <= RYW_WRITE_BUDGET, calls
+    assert calls["replica"] - calls["ours"] <= RYW_READ_BUDGET, calls

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from django_pg_failover.lab import Cluster, find_install
 
-from . import django_setup
+from . import django_setup, read_your_writes
 from .patroni import print_patroni
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,6 +177,8 @@ def print_table(variant: str, r: dict) -> None:
     if "request_cycle" in r:
         timed("request cycle x50, persistent connection (s)", r["request_cycle"])
         row("  one liveness check of an idle connection (us)", None, r["liveness_check_s"] * 1e6)
+    if "read_your_writes" in r:
+        read_your_writes.print_rows(r["read_your_writes"], row, timed)
     if "hung_first_host" not in r:  # --connects-only
         return
     hung = r["hung_first_host"]

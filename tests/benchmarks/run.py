@@ -14,7 +14,7 @@ from pathlib import Path
 
 from django_pg_failover.lab import Cluster
 
-from . import django_setup, scenarios
+from . import django_setup, read_your_writes, scenarios
 from .scenarios import SIDES
 
 #: role_check="query" beside stock: one round trip more per new connection.
@@ -77,6 +77,10 @@ def run(cluster: Cluster, pool: bool, args: argparse.Namespace) -> dict:
             scenarios.time_slices({s: scenarios.requests(s, pk, 50) for s in SIDES}, slices)
         )
         result["liveness_check_s"] = scenarios.liveness_check_cost("ours")
+    connections.close_all()
+
+    say("read_your_writes: a read-mostly load with writes, against a plain replica alias")
+    result["read_your_writes"] = read_your_writes.run(cluster, pool, pk, slices)
     connections.close_all()
 
     say("hung first host, 20 new connections")
