@@ -8,9 +8,12 @@
   wrapper (``DatabaseWrapper._commit``).
 - On the replica alias, a statement whose scope has a position for its
   primary alias first asks :mod:`.routing` where it may run; a cursor of the
-  primary alias's connection then stands in for this statement (and its
+  primary alias's connection then runs this statement (and serves its
   fetches), and the alias's own cursor is put back at the next statement or
-  at ``close()``.
+  at ``close()``. The statement runs through the primary alias's own
+  wrapper: an error, a lost connection or a stall there is the primary
+  alias's (its host marked, its connection closed, its loss announced),
+  never charged to the replica alias and its standby.
 
 Aliases without the feature keep the cursor classes they had: not one call is
 added to their queries.
@@ -40,27 +43,33 @@ class CausalWriteMixin(CursorWrapper):
 
 class CausalReadMixin(CursorWrapper):
     cursor: Any  # Django's attribute, untyped there
-    #: The alias's own driver cursor while a primary's stands in for it.
+    #: The primary alias's cursor (a Django cursor of its wrapper) running this statement.
+    _stand_in: Any = None
+    #: The alias's own driver cursor while the stand-in serves the fetches.
     _own: Any = None
 
     def _execute_with_wrappers(self, sql: Any, params: Any, many: bool, executor: Any) -> Any:
-        if self._own is not None:
+        if self._stand_in is not None:
             self._put_back()
         scope = _local.scope
         target = self.db.causal_target
         if target is not None and (target in scope.written or target in scope.positions):
             stand_in = routing.read_elsewhere(self.db, scope)
             if stand_in is not None:
-                self._own, self.cursor = self.cursor, stand_in
+                self._stand_in, self._own, self.cursor = stand_in, self.cursor, stand_in.cursor
+                return stand_in.executemany(sql, params) if many else stand_in.execute(sql, params)
         return super()._execute_with_wrappers(sql, params, many, executor)
 
     def _put_back(self) -> None:
-        stand_in, self.cursor, self._own = self.cursor, self._own, None
+        stand_in, own = self._stand_in, self._own
+        self._stand_in = self._own = None
+        if self.cursor is stand_in.cursor:  # not replaced meanwhile (a re-run's new cursor)
+            self.cursor = own
         with suppress(Exception):
             stand_in.close()
 
     def close(self) -> Any:
-        if self._own is not None:
+        if self._stand_in is not None:
             self._put_back()
         return self.cursor.close()
 

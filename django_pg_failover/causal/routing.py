@@ -55,6 +55,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+
 from django_pg_failover.causal.lsn import NOWHERE, Position, covers, parse_lsn, timeline_of_walfile
 from django_pg_failover.causal.scope import Scope
 
@@ -149,7 +151,10 @@ def read_elsewhere(db: Any, scope: Scope) -> Any | None:
     )
     primary = connection_of(target)
     primary.ensure_connection()
-    return primary.create_cursor()
+    # A Django cursor of the primary alias's wrapper, not its own cursor class (which
+    # would mark the scope written again): errors, losses and stalls are the primary's.
+    wrapper = CursorDebugWrapper if primary.queries_logged else CursorWrapper
+    return wrapper(primary.create_cursor(), primary)
 
 
 def _serves(db: Any, target: str, position: Position) -> bool:

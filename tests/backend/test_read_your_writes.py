@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from django.db import connections, transaction
+from django.db import OperationalError, connections, transaction
 from django.http import HttpResponse
 from django.test import RequestFactory
 
 from django_pg_failover import causal
 from django_pg_failover.causal.routing import counts
+from django_pg_failover.connecting.memory import HostState, host_status
+from django_pg_failover.drivers import get_driver
 from django_pg_failover.lab import Cluster
 from django_pg_failover.middleware import ReadYourWritesMiddleware
 from shop.models import Order
@@ -92,6 +94,26 @@ def test_a_read_after_a_write_sees_it_and_a_fresh_scope_reads_the_standby(
     causal.new_scope()  # the next request, without the middleware
     assert not sees(aliases["replica"], key)  # no write in scope: the standby, as before
     assert counts.primary == before + 1
+
+
+def test_a_read_sent_to_the_primary_that_loses_it_charges_the_primary_not_the_standby(
+    lagging: Cluster, aliases: dict[str, str]
+) -> None:
+    primary, replica = connections[aliases["primary"]], connections[aliases["replica"]]
+    key = create(aliases["primary"])
+    assert sees(aliases["replica"], key)  # the position taken; the read went to the primary
+    standby = replica.server
+    pid = get_driver().backend_pid(primary.connection)
+    lagging.primary.scalar(f"SELECT pg_terminate_backend({pid})")
+    with pytest.raises(OperationalError):
+        sees(aliases["replica"], key)  # the stand-in runs on the primary's lost session
+    # The primary alias lost its connection; the replica alias kept its own, and its
+    # standby is not taken for down (it was never asked anything).
+    assert primary.connection is None
+    assert in_recovery(aliases["replica"])
+    assert replica.server == standby
+    assert host_status.state(standby) is not HostState.DOWN
+    assert sees(aliases["replica"], key)  # the next read: the primary, on a new connection
 
 
 def test_a_committed_transaction_is_seen_and_standbys_serve_again_once_replayed(
