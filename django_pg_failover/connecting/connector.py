@@ -344,7 +344,7 @@ class Connector:
         )
 
     def _watcher(self, params: Mapping[str, Any]) -> search.Watcher:
-        if self.watcher is None:
+        if self.watcher is None or self.watcher.defunct:
             hosts = search.HostList(
                 alias=self.alias,
                 hosts=self.hosts,
@@ -368,7 +368,7 @@ class Connector:
         self, params: Mapping[str, Any]
     ) -> tuple[search.Watcher, Any] | tuple[None, None]:
         watcher = self.watcher
-        if watcher is None:
+        if watcher is None or watcher.defunct:  # defunct: the parent's, before a fork
             # Another connector (another thread's wrapper) of the same list may have.
             generation = search.generation
             if generation == self._no_watcher_in:  # looked in vain, nothing new since
@@ -383,7 +383,9 @@ class Connector:
 
     def _forget_failures(self, params: Mapping[str, Any]) -> None:
         """A connection was made: the failures remembered for the error message are past."""
-        watcher = self.watcher or search.known_watcher(self._key(params))
+        watcher = self.watcher
+        if watcher is None or watcher.defunct:
+            watcher = search.known_watcher(self._key(params))
         if watcher is not None:
             watcher.failures.clear()
 

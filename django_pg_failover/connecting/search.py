@@ -83,6 +83,10 @@ class _HostWatch:
 class Watcher:
     """Looks for a suitable server on behalf of every thread waiting for one."""
 
+    #: Made before a fork, in the child: its thread and lock were the parent's; a
+    #: connector that still holds it looks up (or makes) the child's own.
+    defunct = False
+
     def __init__(self, key: tuple, hosts: HostList) -> None:
         self.key = key
         self.hosts = hosts
@@ -330,6 +334,8 @@ def search_under_way(watcher: Watcher) -> Future | None:
 def _after_fork_in_child() -> None:
     global _lock, generation
     _lock = threading.Lock()
+    for watcher in watchers.values():
+        watcher.defunct = True
     watchers.clear()
     generation += 1
 

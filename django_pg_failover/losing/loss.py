@@ -41,7 +41,7 @@ from django_pg_failover.connecting.attempt import Landing, attempt
 from django_pg_failover.connecting.connector import HOST_KEYWORDS
 from django_pg_failover.connecting.memory import HostState, host_status
 from django_pg_failover.connecting.roles import WRITABLE, Role, reported_role
-from django_pg_failover.connecting.trust import pooler_error, verified_role
+from django_pg_failover.connecting.trust import must_ask, pooler_error, verified_role
 from django_pg_failover.drivers.base import TransactionStatus
 
 if TYPE_CHECKING:
@@ -138,12 +138,17 @@ class ConnectionLoss:
         """After a read-only error: is the server itself read-only now (not just this
         transaction)? Servers 14+ report it as it changes (no round trip); older ones
         report nothing: the error counts as a demotion. A report of a writable server
-        is checked by asking it (see the module's rules)."""
-        role = reported_role(self.wrapper.driver, connection)
-        if role is None:
-            return HostState.READ_ONLY_PRIMARY
-        if role.read_only:
-            return _DEMOTED_TO[role]
+        is checked by asking it (see the module's rules), and so is any report of a
+        host whose reports are not believed (``role_check``, or contradicted once):
+        a pooler may replay "standby" for a server promoted since."""
+        wrapper = self.wrapper
+        server = wrapper.server
+        if server is None or not must_ask(server, wrapper.failover_policy.role_check):
+            role = reported_role(wrapper.driver, connection)
+            if role is None:
+                return HostState.READ_ONLY_PRIMARY
+            if role.read_only:
+                return _DEMOTED_TO[role]
         asked = self._asked_role(connection)
         return None if asked is None else _DEMOTED_TO.get(asked)
 

@@ -213,8 +213,13 @@ def forget_outages() -> None:
 
 
 def _after_fork_in_child() -> None:
+    """A child process starts with nothing waiting and no outage of its own (the
+    parent's threads are not in the child; the parent counts its own failovers)."""
     global _lock
     _lock = threading.Lock()
+    waiting_threads.clear()
+    _outages.clear()
+    _left_behind.clear()
 
 
 if hasattr(os, "register_at_fork"):

@@ -3,11 +3,13 @@ fake attempts and fake held connections: no server, only the watcher's rules."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import Future
 from typing import Any
 
+from django_pg_failover.connecting import search
 from django_pg_failover.connecting.attempt import HostFailure, Landing, Outcome
 from django_pg_failover.connecting.roles import Role, asked_role
 from django_pg_failover.connecting.search import HostList, Watcher
@@ -185,3 +187,32 @@ def test_a_search_handed_over_to_the_watcher_stays_under_way() -> None:
         time.sleep(0.005)
     assert watcher.search_under_way() is not None
     thread.join(5)
+
+
+def test_a_forked_child_leaves_the_parent_s_watchers_and_waiting_counts_behind() -> None:
+    """In a child, a watcher made before the fork is defunct (its thread and lock were
+    the parent's: a connector holding it looks up the child's own), and the metrics'
+    waiting threads and outages are the parent's, not the child's."""
+    from django_pg_failover import metrics
+
+    inherited = Servers(a=Role.STANDBY).watcher()
+    search.watchers[inherited.key] = inherited
+    metrics.waiting_threads["forked"] = 3
+    ok = False
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: report by exit status only, never return into pytest
+            try:
+                ok = (
+                    inherited.defunct
+                    and search.watchers == {}
+                    and "forked" not in metrics.waiting_threads
+                )
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not inherited.defunct  # the parent's own, still in use
+    finally:
+        search.watchers.pop(inherited.key, None)
+        metrics.waiting_threads.pop("forked", None)
