@@ -85,7 +85,7 @@ class _Outage:
     left: Host | None
 
 
-_outages: dict[str, _Outage] = {}
+outages: dict[str, _Outage] = {}
 #: Per alias, servers a failover left behind: losing their other connections is no outage.
 _left_behind: dict[str, set[Host]] = {}
 
@@ -94,14 +94,14 @@ def _outage_begins(alias: str, server: Host | None) -> None:
     if server is not None and server in _left_behind.get(alias, ()):
         return
     with _lock:
-        if alias not in _outages:
-            _outages[alias] = _Outage(time.monotonic(), server)
+        if alias not in outages:
+            outages[alias] = _Outage(time.monotonic(), server)
 
 
 def _outage_over(alias: str, server: Host) -> tuple[float, bool] | None:
     """(seconds without a server, a failover) if an outage of ``alias`` was under way."""
     with _lock:
-        outage = _outages.pop(alias, None)
+        outage = outages.pop(alias, None)
         if outage is None:
             return None
         failover = outage.left != server
@@ -151,7 +151,7 @@ def connect_attempt_failed(alias: str, host: Host, verdict: Verdict | None) -> N
 
 def connected(alias: str, server: Host) -> None:
     """A connection was made after failures or a wait (never on the healthy path)."""
-    if not _outages or recorder() is None:
+    if not outages or recorder() is None:
         return
     over = _outage_over(alias, server)
     if over is not None and over[1]:
@@ -208,7 +208,7 @@ def pool_timeout(alias: str) -> None:
 def forget_outages() -> None:
     """For tests: every alias starts without an outage."""
     with _lock:
-        _outages.clear()
+        outages.clear()
         _left_behind.clear()
 
 
@@ -218,7 +218,7 @@ def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
     waiting_threads.clear()
-    _outages.clear()
+    outages.clear()
     _left_behind.clear()
 
 
