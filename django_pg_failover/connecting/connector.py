@@ -249,9 +249,9 @@ class Connector:
             self._forget_failures(params)  # they describe an outage now over
             self.failing = self.refused_for_good = False
             metrics.connected(self.alias, host)
-        elif metrics.outages:
-            # A loss opened an outage, and the memory already knew the new server
-            # (another alias or the watcher found it): this connect ends it.
+        elif self.alias in metrics.outages:
+            # A loss of this alias opened an outage, and the memory already knew the
+            # new server (another alias or the watcher found it): this connect ends it.
             metrics.connected(self.alias, host)
         outcome.elapsed = time.monotonic() - started
         self._report_connected(outcome)
